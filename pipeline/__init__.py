@@ -1,0 +1,1 @@
+"""Apache Beam jobs and the TFX-style pipeline that chains them."""

@@ -1,0 +1,25 @@
+"""Shared pytest setup: the `large` marker and quiet, deterministic TF."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--run_large",
+        action="store_true",
+        default=False,
+        help="run tests marked large (slow or GPU)",
+    )
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--run_large"):
+        return
+    skip_large = pytest.mark.skip(reason="large test: pass --run_large")
+    for item in items:
+        if "large" in item.keywords:
+            item.add_marker(skip_large)
