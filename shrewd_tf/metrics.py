@@ -1,0 +1,670 @@
+"""Retrieval metrics: mAHP@k, mAP@k, the hP@k curve, binary entropy,
+Kendall's tau and flat hit@K (NumPy, chunked over queries).
+
+Ranking. Queries [Q, d] are ranked against a database [N, d]: float codes by
+Manhattan (L1) distance computed in float32 (faiss), binary codes
+(`binary=True`: code > 0.5) by Hamming distance. Items at exactly the same
+distance form a tie group; `ties` says how a tie group is ordered:
+
+* `"aware"` (default): the exact expectation of the metric over uniformly
+  random orders within every tie group. Hamming ranking makes huge tie
+  groups (a whole shell of the cube), whose order alone moves mAHP@250 by
+  about +-10 points at 16 bits, so any fixed order is arbitrary.
+* `"random"`: one uniformly random order per query and tie group, drawn
+  from `seed` (reproducible for the same seed and input shapes).
+* `"index"`: ties kept in database order (stable sort by db index).
+
+A tie group may straddle rank k; the whole group (every database item at
+that distance, not only those among the first k found) enters the
+expectation. Peak memory is O(chunk * N) with chunk * N ~ 4M entries.
+
+Reference:
+    J. Deng, A. C. Berg, L. Fei-Fei. Hierarchical semantic indexing for
+    large scale image retrieval. CVPR 2011.
+    B. Barz, J. Denzler. Hierarchy-based image embeddings for semantic image
+    retrieval. WACV 2019 (github.com/cvjena/semantic-embeddings).
+    K. He, F. Cakir, S. A. Bargal, S. Sclaroff. Hashing as tie-aware
+    learning to rank. CVPR 2018.
+"""
+
+import numpy as np
+from scipy import special
+from scipy import stats
+
+TIE_MODES = ("aware", "random", "index")
+# Entries of the [chunk, N] distance block per chunk (float32: 16 MiB).
+_CHUNK_ENTRIES = 2**22
+
+
+# === Validation ===
+
+
+def _codes(x, name):
+    array = np.asarray(x, dtype=np.float32)
+    if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
+        raise ValueError(
+            f"`{name}` must be a non-empty 2-D array [num_items, dim]. "
+            f"Received: {name}.shape={array.shape}"
+        )
+    if not np.all(np.isfinite(array)):
+        raise ValueError(
+            f"`{name}` must be finite. Received: "
+            f"{np.size(array) - np.isfinite(array).sum()} non-finite entries"
+        )
+    return array
+
+
+def _labels(x, name, size, num_classes=None):
+    array = np.asarray(x)
+    if array.shape != (size,) or not np.issubdtype(array.dtype, np.integer):
+        raise ValueError(
+            f"`{name}` must be an integer array of shape ({size},). "
+            f"Received: {name}.shape={array.shape}, dtype={array.dtype}"
+        )
+    high = num_classes if num_classes is not None else np.inf
+    if size and (array.min() < 0 or array.max() >= high):
+        raise ValueError(
+            f"`{name}` must lie in [0, {high}). Received: min={array.min()}, "
+            f"max={array.max()}"
+        )
+    return array.astype(np.int64)
+
+
+def _positive_int(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(
+            f"`{name}` must be an integer. Received: {name}={value!r}"
+        )
+    if value < 1:
+        raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
+    return int(value)
+
+
+def _check_ties(ties):
+    if ties not in TIE_MODES:
+        raise ValueError(
+            f"`ties` must be one of {TIE_MODES}. Received: ties={ties!r}"
+        )
+
+
+class _Retrieval:
+    """Validated query/database pair; yields [chunk, N] distance blocks."""
+
+    def __init__(self, query_codes, db_codes, binary, exclude_self):
+        self.query = _codes(query_codes, "query_codes")
+        self.db = _codes(db_codes, "db_codes")
+        if self.query.shape[1] != self.db.shape[1]:
+            raise ValueError(
+                "Query and database codes must have the same dimension. "
+                f"Received: query_codes.shape={self.query.shape}, "
+                f"db_codes.shape={self.db.shape}"
+            )
+        if exclude_self and not np.array_equal(self.query, self.db):
+            raise ValueError(
+                "`exclude_self=True` means query i is database item i, so "
+                "query_codes and db_codes must be the same array. Received: "
+                f"query_codes.shape={self.query.shape}, "
+                f"db_codes.shape={self.db.shape}"
+            )
+        self.binary = bool(binary)
+        self.exclude_self = bool(exclude_self)
+        self.num_queries, self.num_db = self.query.shape[0], self.db.shape[0]
+        self.num_candidates = self.num_db - int(self.exclude_self)
+        self.dim = self.query.shape[1]
+        if self.binary:
+            self.query = _packed_bits(self.query > 0.5)  # [Q, words]
+            self.db = _packed_bits(self.db > 0.5)  # [N, words]
+
+    def check_k(self, k):
+        k = _positive_int(k, "k")
+        if k > self.num_candidates:
+            raise ValueError(
+                f"`k` must not exceed the number of database items a query "
+                f"can retrieve ({self.num_candidates}, exclude_self="
+                f"{self.exclude_self}). Received: k={k}"
+            )
+        return k
+
+    @property
+    def excluded_distance(self):
+        """Distance given to a query's own item (ranks after all others)."""
+        return self.dim + 1 if self.binary else np.inf
+
+    def blocks(self, db_permutation=None):
+        """Yields (start, stop, distances [stop - start, N]): float32 L1,
+        or integer Hamming (uint8, uint16 past 254 bits) if binary."""
+        db = self.db if db_permutation is None else self.db[db_permutation]
+        if self.exclude_self:
+            self_columns = np.arange(self.num_db)
+            if db_permutation is not None:
+                self_columns = np.argsort(db_permutation)
+        if self.binary:
+            db_words = np.ascontiguousarray(db.T)  # [words, N]
+            dtype = np.uint8 if self.dim < 255 else np.uint16
+        else:
+            import faiss  # pylint: disable=import-outside-toplevel
+        chunk = max(1, _CHUNK_ENTRIES // self.num_db)
+        for start in range(0, self.num_queries, chunk):
+            stop = min(self.num_queries, start + chunk)
+            if self.binary:
+                # XOR + popcount row by row: each row stays in cache.
+                dist = np.zeros((stop - start, self.num_db), dtype=dtype)
+                for row, words in zip(dist, self.query[start:stop]):
+                    for db_word, word in zip(db_words, words):
+                        row += np.bitwise_count(db_word ^ word)
+            else:
+                dist = faiss.pairwise_distances(
+                    self.query[start:stop], db, faiss.METRIC_L1
+                )
+                dist += 0.0  # -0.0 -> +0.0 so equal distances compare equal
+            if self.exclude_self:
+                rows = np.arange(stop - start)
+                dist[rows, self_columns[start:stop]] = self.excluded_distance
+            yield start, stop, dist
+
+
+def _packed_bits(bits):
+    """bool [n, d] -> uint64 [n, ceil(d / 64)] (bit order is irrelevant
+    to XOR + popcount)."""
+    packed = np.packbits(bits, axis=1)
+    pad = -packed.shape[1] % 8
+    packed = np.pad(packed, ((0, 0), (0, pad)))
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+# === Tie groups ===
+# A chunk's ranking is summarised as rank-ordered tie groups: sizes [B, G]
+# and weight sums [B, G] (weight of db item j for query b: table[b, label_j];
+# similarity for HP, relevance for AP). Every group up to and including the
+# one holding rank k is complete; zero-size padding groups are allowed.
+
+
+def _hamming_groups(dist, table, db_labels, num_levels):
+    """Group sizes and weights per Hamming distance, [B, num_levels] each."""
+    sizes = np.empty((dist.shape[0], num_levels))
+    weights = np.empty((dist.shape[0], num_levels))
+    for b, row in enumerate(dist):  # per-row bincounts stay in cache
+        sizes[b] = np.bincount(row, minlength=num_levels)
+        if table is not None:
+            weights[b] = np.bincount(
+                row, weights=table[b][db_labels], minlength=num_levels
+            )
+    return sizes, weights
+
+
+def _kth_distance(dist, k, num_levels):
+    """The k-th smallest distance per row, [B]."""
+    if not num_levels:
+        return np.partition(dist, k - 1, axis=1)[:, k - 1]
+    sizes, _ = _hamming_groups(dist, None, None, num_levels)
+    return np.argmax(np.cumsum(sizes, axis=1) >= k, axis=1).astype(dist.dtype)
+
+
+def _tie_groups_aware(dist, table, db_labels, k, num_levels):
+    """Complete tie groups up to rank k (see the section comment)."""
+    if num_levels:  # Hamming: one group per distance value, no sorting.
+        return _hamming_groups(dist, table, db_labels, num_levels)
+    # Floats: every item at or below the k-th distance, sorted.
+    kth = _kth_distance(dist, k, num_levels)
+    rows, cols = np.nonzero(dist <= kth[:, None])
+    values = dist[rows, cols]
+    order = np.lexsort((values, rows))
+    rows, cols, values = rows[order], cols[order], values[order]
+    is_start = np.ones(rows.size, dtype=bool)
+    is_start[1:] = (rows[1:] != rows[:-1]) | (values[1:] != values[:-1])
+    starts = np.flatnonzero(is_start)
+    group_rows = rows[starts]
+    slot = np.arange(starts.size) - np.searchsorted(group_rows, group_rows)
+    shape = (dist.shape[0], slot.max() + 1)
+    sizes, weights = np.zeros(shape), np.zeros(shape)
+    sizes[group_rows, slot] = np.diff(np.append(starts, rows.size))
+    weights[group_rows, slot] = np.add.reduceat(
+        table[rows, db_labels[cols]], starts
+    )
+    return sizes, weights
+
+
+def _tie_groups_realized(dist, table, db_labels, k, num_levels, ties, rng):
+    """One realized order (`ties` = "random" or "index") as size-1 groups."""
+    num_rows = dist.shape[0]
+    kth = _kth_distance(dist, k, num_levels)
+    f_rows, f_cols = np.nonzero(dist < kth[:, None])  # all in the top k
+    needed = k - np.bincount(f_rows, minlength=num_rows)
+    b_rows, b_cols = np.nonzero(dist == kth[:, None])
+    if ties == "index":
+        f_keys, b_keys = f_cols.astype(np.float64), b_cols.astype(np.float64)
+    else:
+        f_keys, b_keys = rng.random(f_cols.size), rng.random(b_cols.size)
+    # Keep the `needed` boundary items with the smallest keys per row.
+    order = np.lexsort((b_keys, b_rows))
+    b_rows, b_cols, b_keys = b_rows[order], b_cols[order], b_keys[order]
+    rank = np.arange(b_rows.size) - np.searchsorted(b_rows, b_rows)
+    keep = rank < needed[b_rows]
+    rows = np.concatenate([f_rows, b_rows[keep]])
+    cols = np.concatenate([f_cols, b_cols[keep]])
+    keys = np.concatenate([f_keys, b_keys[keep]])
+    order = np.lexsort((keys, dist[rows, cols], rows))
+    rows, cols = rows[order], cols[order]
+    weights = table[rows, db_labels[cols]].reshape(num_rows, k)
+    return np.ones((num_rows, k)), weights
+
+
+def _ranked_groups(retrieval, db_labels, weight_table, query_labels, k,
+                   ties, rng):
+    """Yields (start, stop, sizes [B, G], weights [B, G]) per query chunk;
+    weight_table(query_labels) -> [B, C] weight of each db class."""
+    num_levels = retrieval.dim + 2 if retrieval.binary else 0
+    for start, stop, dist in retrieval.blocks():
+        table = weight_table(query_labels[start:stop])
+        if ties == "aware":
+            groups = _tie_groups_aware(dist, table, db_labels, k, num_levels)
+        else:
+            groups = _tie_groups_realized(
+                dist, table, db_labels, k, num_levels, ties, rng
+            )
+        yield start, stop, *groups
+
+
+def _group_of_rank(sizes, weights, k):
+    """Per rank i = 1..k: (group size n, weight W, first rank - 1, weight
+    before the group), all [B, k], for rank-ordered groups with sum >= k."""
+    num_rows, num_groups = sizes.shape
+    ends = np.cumsum(sizes, axis=1)
+    cum_weights = np.cumsum(weights, axis=1)
+    # One searchsorted for all rows: shift row b by b * span.
+    span = ends[:, -1].max() + 1.0
+    shift = np.arange(num_rows)[:, None] * span
+    ranks = np.arange(1, k + 1)[None, :]
+    group = np.searchsorted((ends + shift).ravel(), (ranks + shift).ravel())
+    group = group.reshape(num_rows, k)
+    group -= np.arange(num_rows)[:, None] * num_groups
+    size = np.take_along_axis(sizes, group, axis=1)
+    weight = np.take_along_axis(weights, group, axis=1)
+    first = np.take_along_axis(ends, group, axis=1) - size
+    before = np.take_along_axis(cum_weights, group, axis=1) - weight
+    return size, weight, first, before
+
+
+def _expected_cumulative_weight(sizes, weights, k):
+    """E[sum of weights at ranks 1..i] for i = 1..k, [B, k] (exact)."""
+    size, weight, first, before = _group_of_rank(sizes, weights, k)
+    ranks = np.arange(1, k + 1)[None, :]
+    return before + (ranks - first) * weight / size
+
+
+def _log_choose(n, r):
+    return (
+        special.gammaln(n + 1)
+        - special.gammaln(r + 1)
+        - special.gammaln(n - r + 1)
+    )
+
+
+def _expected_average_precision(sizes, relevant, k):
+    """Exact E[AP@k] over uniform tie orders, [B]; see
+    `mean_average_precision`. `relevant` = relevant items per group."""
+    n, m, first, r_before = _group_of_rank(sizes, relevant, k)
+    ranks = np.arange(1, k + 1)[None, :].astype(np.float64)
+    j = ranks - first  # 1-based position within the group
+    pair = np.where(n > 1, (m - 1) / np.maximum(n - 1, 1), 0.0)
+    # E[rel_i * cumrel_i] / i for a fully ranked group.
+    terms = (m / n) * (r_before + 1 + (j - 1) * pair) / ranks
+    in_boundary = first == first[:, -1:]
+    expected_before = np.sum(np.where(in_boundary, 0.0, terms), axis=1)
+    h1 = np.sum(np.where(in_boundary, 1.0 / ranks, 0.0), axis=1)
+    h2 = np.sum(np.where(in_boundary, (j - 1) / ranks, 0.0), axis=1)
+    n_b, m_b, r_b = n[:, -1:], m[:, -1:], r_before[:, -1:]
+    t = k - first[:, -1:]  # boundary positions inside the top k
+    # X = relevant among the t boundary items in the top k: hypergeometric.
+    x = np.arange(k + 1, dtype=np.float64)[None, :]
+    valid = (x <= m_b) & (x <= t) & (t - x <= n_b - m_b)
+    log_pmf = (
+        _log_choose(m_b, np.minimum(x, m_b))
+        + _log_choose(n_b - m_b, np.clip(t - x, 0, n_b - m_b))
+        - _log_choose(n_b, t)
+    )
+    pmf = np.where(valid, np.exp(log_pmf), 0.0)
+    pmf /= pmf.sum(axis=1, keepdims=True)
+    pair_b = np.where(t > 1, x * (x - 1) / np.maximum(t * (t - 1), 1), 0.0)
+    numerator = (
+        expected_before[:, None]
+        + (x / t) * (r_b + 1) * h1[:, None]
+        + pair_b * h2[:, None]
+    )
+    retrieved = r_b + x
+    ap = np.where(retrieved > 0, numerator / np.maximum(retrieved, 1), 0.0)
+    return np.sum(pmf * ap, axis=1)
+
+
+# === Hierarchical precision ===
+
+
+def _class_similarity(class_similarity):
+    sim = np.asarray(class_similarity, dtype=np.float64)
+    if sim.ndim != 2 or sim.shape[0] != sim.shape[1] or sim.shape[0] < 1:
+        raise ValueError(
+            "`class_similarity` must be a square [C, C] matrix. "
+            f"Received: class_similarity.shape={sim.shape}"
+        )
+    if not np.all(np.isfinite(sim)) or sim.min() < 0:
+        raise ValueError(
+            "`class_similarity` must be finite and >= 0. "
+            f"Received: min={np.nanmin(sim)}"
+        )
+    return sim
+
+
+def _ideal_cumulative_similarity(sim, db_labels, labels, k, exclude_self):
+    """Best achievable cumulative similarity at ranks 1..k per class, [C, k]
+    (rows only for `labels`): the db similarities sorted descending."""
+    counts = np.bincount(db_labels, minlength=sim.shape[0])
+    ideal = np.zeros((sim.shape[0], k))
+    ranks = np.arange(1, k + 1)
+    for label in np.unique(labels):
+        label_counts = counts.copy()
+        label_counts[label] -= int(exclude_self)  # the query's own item
+        order = np.argsort(-sim[label], kind="stable")
+        ends = np.cumsum(label_counts[order])
+        at_rank = order[np.searchsorted(ends, ranks)]  # class at rank i
+        ideal[label] = np.cumsum(sim[label, at_rank])
+    return ideal
+
+
+def _hierarchical_precision_blocks(
+    query_codes, query_labels, db_codes, db_labels, class_similarity, k,
+    binary, ties, exclude_self, seed,
+):
+    """Yields E[HP@1..k] per query chunk, [B, k]."""
+    _check_ties(ties)
+    sim = _class_similarity(class_similarity)
+    retrieval = _Retrieval(query_codes, db_codes, binary, exclude_self)
+    k = retrieval.check_k(k)
+    query_labels, db_labels = _query_and_db_labels(
+        retrieval, query_labels, db_labels, sim.shape[0]
+    )
+    ideal = _ideal_cumulative_similarity(
+        sim, db_labels, query_labels, k, exclude_self
+    )
+    rng = np.random.default_rng(seed)
+    for start, stop, sizes, weights in _ranked_groups(
+        retrieval, db_labels, lambda labels: sim[labels], query_labels, k,
+        ties, rng,
+    ):
+        cumulative = _expected_cumulative_weight(sizes, weights, k)
+        best = ideal[query_labels[start:stop]]
+        yield np.where(best > 0, cumulative / np.where(best > 0, best, 1), 0.0)
+
+
+def _query_and_db_labels(retrieval, query_labels, db_labels, num_classes):
+    query_labels = _labels(
+        query_labels, "query_labels", retrieval.num_queries, num_classes
+    )
+    db_labels = _labels(db_labels, "db_labels", retrieval.num_db, num_classes)
+    if retrieval.exclude_self and not np.array_equal(query_labels, db_labels):
+        raise ValueError(
+            "`exclude_self=True` needs query_labels == db_labels. Received: "
+            f"{np.sum(query_labels != db_labels)} differing labels"
+        )
+    return query_labels, db_labels
+
+
+def mean_average_hierarchical_precision(
+    query_codes, query_labels, db_codes, db_labels, class_similarity, k=250,
+    binary=False, ties="aware", exclude_self=False, seed=0,
+):
+    """mAHP@k (Deng et al. 2011, as computed by Barz & Denzler).
+
+    For a query q with ranked results r_1..r_N and class similarity
+    s = class_similarity: HP@i = sum_{j<=i} s(q, r_j) / (the same sum for
+    the database similarities sorted descending, the best any ranking can
+    do). AHP@k = (sum_{i<=k} HP@i - (HP@1 + HP@k) / 2) / k, the trapezoid
+    rule with unit spacing divided by k, so a perfect ranking gives
+    (k - 1) / k. mAHP@k is the mean over queries. HP@i is 0 where the best
+    achievable sum is 0. With `ties="aware"` this is exactly E[mAHP@k] over
+    uniform tie orders (linear in the expected cumulative similarity).
+
+    Args:
+        query_codes: float [Q, d]; db_codes: float [N, d].
+        query_labels: int [Q]; db_labels: int [N]; class ids in [0, C).
+        class_similarity: float [C, C] >= 0, s = 1 - class distance,
+            s[c, c] = 1.
+        k: cut-off rank, 1 <= k <= N (N - 1 with exclude_self).
+        binary: rank binarised codes (code > 0.5) by Hamming distance
+            instead of float codes by L1 distance.
+        ties: "aware", "random" or "index" (see module docstring).
+        exclude_self: query i is database item i (same arrays); item i is
+            removed from query i's database and from its ideal ranking.
+        seed: RNG seed for ties="random".
+
+    Returns:
+        float in [0, (k - 1) / k].
+
+    Raises:
+        ValueError: on mismatched shapes, labels out of range, invalid k or
+            ties, or exclude_self with different query and database arrays.
+    """
+    total, count = 0.0, 0
+    for precision in _hierarchical_precision_blocks(
+        query_codes, query_labels, db_codes, db_labels, class_similarity, k,
+        binary, ties, exclude_self, seed,
+    ):
+        ends = precision[:, 0] + precision[:, -1]
+        area = precision.sum(axis=1) - 0.5 * ends  # trapezoid rule
+        total += float(np.sum(area)) / precision.shape[1]
+        count += precision.shape[0]
+    return total / count
+
+
+def hierarchical_precision_curve(
+    query_codes, query_labels, db_codes, db_labels, class_similarity, k=250,
+    binary=False, ties="aware", exclude_self=False, seed=0, ks=None,
+):
+    """Mean HP@i over queries (for plots); arguments as in
+    `mean_average_hierarchical_precision`.
+
+    Args:
+        ks: optional 1-based ranks; when given the curve runs to max(ks)
+            (`k` is ignored) and only those ranks are returned.
+
+    Returns:
+        float64 [k] (HP@1..HP@k) or [len(ks)].
+    """
+    if ks is not None:
+        ks = np.asarray([_positive_int(r, "ks") for r in np.ravel(ks)])
+        if ks.size == 0:
+            raise ValueError(f"`ks` must not be empty. Received: ks={ks}")
+        k = int(ks.max())
+    total, count = 0.0, 0
+    for precision in _hierarchical_precision_blocks(
+        query_codes, query_labels, db_codes, db_labels, class_similarity, k,
+        binary, ties, exclude_self, seed,
+    ):
+        total = total + precision.sum(axis=0)
+        count += precision.shape[0]
+    curve = total / count
+    return curve if ks is None else curve[ks - 1]
+
+
+def mean_average_precision(
+    query_codes, query_labels, db_codes, db_labels, k=250, binary=False,
+    ties="aware", exclude_self=False, seed=0,
+):
+    """mAP@k with relevant = same label (the usual hashing protocol).
+
+    AP@k = (1 / R_k) sum_{i<=k} rel_i * P@i, where P@i = (relevant in the
+    first i) / i and R_k = relevant items in the top k; 0 when R_k = 0.
+
+    With `ties="aware"` this is the exact E[AP@k] over uniform orders within
+    every tie group (He et al. 2018 extended to @k), averaged over queries.
+    Groups wholly inside the top k contribute, at in-group position j of a
+    group with n items, m relevant and R relevant before it,
+    E[rel * cumrel] / i = (m / n)(R + 1 + (j - 1)(m - 1)/(n - 1)) / i. For the
+    group straddling rank k (t of its n items inside the top k), R_k = R + X
+    with X ~ Hypergeometric(n, m, t) and, given X = x, the same formula with
+    (n, m) -> (t, x); the expectation of the ratio is summed over x exactly.
+
+    Args:
+        query_codes, query_labels, db_codes, db_labels, k, binary, ties,
+        exclude_self, seed: as in `mean_average_hierarchical_precision`.
+
+    Returns:
+        float in [0, 1].
+
+    Raises:
+        ValueError: as `mean_average_hierarchical_precision`.
+    """
+    _check_ties(ties)
+    retrieval = _Retrieval(query_codes, db_codes, binary, exclude_self)
+    k = retrieval.check_k(k)
+    query_labels, db_labels = _query_and_db_labels(
+        retrieval, query_labels, db_labels, None
+    )
+    # Compact ids so the [chunk, classes] relevance table stays small.
+    classes, compact = np.unique(
+        np.concatenate([query_labels, db_labels]), return_inverse=True
+    )
+    query_labels, db_labels = np.split(compact.ravel(), [query_labels.size])
+    classes = np.arange(classes.size)
+
+    def relevance(labels):
+        return (labels[:, None] == classes[None, :]).astype(np.float64)
+
+    rng = np.random.default_rng(seed)
+    total = 0.0
+    for _, _, sizes, relevant in _ranked_groups(
+        retrieval, db_labels, relevance, query_labels, k, ties, rng
+    ):
+        total += float(np.sum(_expected_average_precision(sizes, relevant, k)))
+    return total / retrieval.num_queries
+
+
+# === Other metrics ===
+
+
+def binary_entropy(codes, k=1):
+    """Kozachenko-Leonenko entropy (nats) of the binarised codes.
+
+    Codes are binarised at 0.5 (code > 0.5 -> 1.0, else 0.0) and passed to
+    `estimators.knn_entropy` with min_distance=0.5: half the {0, 1}^d
+    lattice spacing, so duplicated codes count as a cell of radius 1/2
+    instead of giving log 0.
+
+    Args:
+        codes: float [n, d], n > k.
+        k: neighbour rank.
+
+    Returns:
+        float, nats.
+    """
+    from shrewd_tf import estimators  # pylint: disable=import-outside-toplevel
+
+    bits = (_codes(codes, "codes") > 0.5).astype(np.float64)
+    return estimators.knn_entropy(bits, k=k, min_distance=0.5)
+
+
+def kendall_tau(code_distances, target_distances):
+    """Kendall's tau-b between two distance vectors, O(n log n).
+
+    Args:
+        code_distances, target_distances: float [n], n >= 2, e.g. flattened
+            upper triangles or one query's distances to the database.
+
+    Returns:
+        float in [-1, 1]; nan if either vector is constant (tau-b undefined).
+    """
+    x = np.asarray(code_distances, dtype=np.float64)
+    y = np.asarray(target_distances, dtype=np.float64)
+    if x.ndim != 1 or x.shape != y.shape or x.size < 2:
+        raise ValueError(
+            "Expected two 1-D arrays of the same length >= 2. Received: "
+            f"code_distances.shape={x.shape}, "
+            f"target_distances.shape={y.shape}"
+        )
+    if not (np.all(np.isfinite(x)) and np.all(np.isfinite(y))):
+        raise ValueError("Distances must be finite. Received: nan or inf.")
+    if np.all(x == x[0]) or np.all(y == y[0]):
+        return float("nan")
+    return float(stats.kendalltau(x, y, variant="b").statistic)
+
+
+def labels_ranked_by_retrieval(
+    query_codes, db_codes, db_labels, binary=False, exclude_self=False,
+    max_labels=None,
+):
+    """Distinct database labels per query in order of first retrieval.
+
+    A label's rank is the distance to its nearest database item; labels
+    first reached at the same distance are ordered by how many of their
+    items lie at that distance (more first), then by label id (smaller
+    first). This turns retrieval into zero-shot label predictions.
+
+    Args:
+        query_codes: float [Q, d]; db_codes: float [N, d]; db_labels: int [N].
+        binary, exclude_self: as in `mean_average_hierarchical_precision`.
+        max_labels: keep only the first max_labels labels.
+
+    Returns:
+        int64 [Q, L], L = distinct db labels (or max_labels if smaller);
+        padded with -1 where exclude_self removed a label's only item.
+    """
+    retrieval = _Retrieval(query_codes, db_codes, binary, exclude_self)
+    db_labels = _labels(db_labels, "db_labels", retrieval.num_db)
+    order = np.argsort(db_labels, kind="stable")
+    labels, starts, counts = np.unique(
+        db_labels[order], return_index=True, return_counts=True
+    )
+    num_labels = labels.size
+    if max_labels is not None:
+        num_labels = min(num_labels, _positive_int(max_labels, "max_labels"))
+    segment = np.repeat(np.arange(labels.size), counts)
+    out = np.empty((retrieval.num_queries, num_labels), dtype=np.int64)
+    for start, stop, dist in retrieval.blocks(db_permutation=order):
+        num_rows = stop - start
+        nearest = np.minimum.reduceat(dist, starts, axis=1)  # [B, L]
+        rows, cols = np.nonzero(dist == np.repeat(nearest, counts, axis=1))
+        at_nearest = np.bincount(
+            rows * labels.size + segment[cols],
+            minlength=num_rows * labels.size,
+        ).reshape(num_rows, labels.size)
+        ids = np.broadcast_to(labels, nearest.shape)
+        rank = np.lexsort((ids, -at_nearest, nearest), axis=-1)
+        rank = rank[:, :num_labels]
+        ranked = np.take_along_axis(ids, rank, axis=1).copy()
+        only_self = nearest == retrieval.excluded_distance
+        ranked[np.take_along_axis(only_self, rank, axis=1)] = -1
+        out[start:stop] = ranked
+    return out
+
+
+def flat_hit_at_k(ranked_labels, true_labels, ks=(1, 2, 5, 10)):
+    """Fraction of queries whose true label is among the first k predictions.
+
+    Args:
+        ranked_labels: int [Q, L] (e.g. from `labels_ranked_by_retrieval`;
+            -1 = padding) or a list of Q label sequences.
+        true_labels: int [Q].
+        ks: cut-offs, each >= 1 (k > L uses all L).
+
+    Returns:
+        dict {k: float in [0, 1]}.
+    """
+    if isinstance(ranked_labels, np.ndarray):
+        ranked = ranked_labels
+    else:
+        rows = [np.asarray(r, dtype=np.int64).ravel() for r in ranked_labels]
+        width = max((r.size for r in rows), default=0)
+        ranked = np.full((len(rows), width), -1, dtype=np.int64)
+        for i, r in enumerate(rows):
+            ranked[i, : r.size] = r
+    true_labels = np.asarray(true_labels)
+    if ranked.ndim != 2 or true_labels.shape != (ranked.shape[0],):
+        raise ValueError(
+            "Expected ranked_labels [Q, L] and true_labels [Q]. Received: "
+            f"ranked_labels.shape={ranked.shape}, "
+            f"true_labels.shape={true_labels.shape}"
+        )
+    if ranked.shape[0] == 0:
+        raise ValueError("Need at least one query. Received: 0 queries.")
+    hits = ranked == true_labels[:, None]
+    ks = [_positive_int(k, "ks") for k in ks]
+    return {k: float(np.mean(np.any(hits[:, :k], axis=1))) for k in ks}
