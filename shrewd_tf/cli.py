@@ -23,6 +23,96 @@ def _setup_wordnet(args):
     return 0
 
 
+def _load_config(args):
+    from shrewd_tf import config as config_lib
+
+    config = (
+        config_lib.ExperimentConfig.from_file(args.config)
+        if args.config
+        else config_lib.ExperimentConfig()
+    )
+    overrides = {}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(
+                f"shrewd: error: --set expects key=value. Received: {item!r}"
+            )
+        overrides[key] = _parse_value(value)
+    if getattr(args, "output_dir", None):
+        overrides["train.output_dir"] = args.output_dir
+    return config.with_overrides(overrides)
+
+
+def _parse_value(text):
+    """YAML scalars and lists: 3 -> int, 0.5 -> float, [1,2] -> list."""
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+def _train(args):
+    from shrewd_tf import evaluation
+    from shrewd_tf import trainer
+
+    result = trainer.train(_load_config(args))
+    print(evaluation.markdown_table({result.output_dir: result.metrics}))
+    return 0
+
+
+def _evaluate(args):
+    from shrewd_tf import evaluation
+
+    result = evaluation.evaluate_run(args.run_dir, args.output, k=args.k)
+    print(evaluation.markdown_table({args.run_dir: result}))
+    return 0
+
+
+def _ablation(args):
+    from shrewd_tf import evaluation
+    from shrewd_tf import experiments
+
+    config = _load_config(args)
+    rows = experiments.run_ablation(
+        config, args.output_dir, loss_sets=args.losses.split(",")
+    )
+    print(evaluation.markdown_table(rows, f"{config.name}: loss ablation"))
+    return 0
+
+
+def _zero_shot(args):
+    from shrewd_tf import experiments
+
+    config = _load_config(args)
+    holdout = [int(c) for c in args.holdout.split(",")]
+    experiments.run_zero_shot(
+        config, args.output_dir, holdout, loss_sets=args.losses.split(",")
+    )
+    with open(f"{args.output_dir}/zero_shot.md") as f:
+        print(f.read())
+    return 0
+
+
+def _demo(args):
+    from shrewd_tf import demo
+
+    return demo.run(args.output_dir, quick=args.quick)
+
+
+def _add_config_arguments(parser, output_default=None):
+    parser.add_argument("--config", metavar="FILE", help="JSON/YAML config")
+    parser.add_argument(
+        "--set",
+        metavar="KEY=VALUE",
+        action="append",
+        help="override a config value, e.g. --set train.epochs=3 (repeatable)",
+    )
+    parser.add_argument(
+        "--output-dir", metavar="DIR", default=output_default,
+        help="where the run writes its artefacts",
+    )
+
+
 def build_parser():
     """Returns the `argparse` parser of the `shrewd` command."""
     parser = argparse.ArgumentParser(
@@ -60,6 +150,50 @@ def build_parser():
         "--force", action="store_true", help="rebuild an existing corpus"
     )
     wordnet.set_defaults(run=_setup_wordnet)
+
+    train = commands.add_parser(
+        "train", help="train one configuration with model.fit",
+        description="Train, save and evaluate one ExperimentConfig.",
+    )
+    _add_config_arguments(train)
+    train.set_defaults(run=_train)
+
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a finished run (metrics.json + .md)",
+    )
+    evaluate.add_argument("run_dir", metavar="RUN_DIR")
+    evaluate.add_argument("--output", metavar="DIR", default=None)
+    evaluate.add_argument("--k", type=int, default=250)
+    evaluate.set_defaults(run=_evaluate)
+
+    ablation = commands.add_parser(
+        "ablation", help="train each loss set; one metrics table",
+    )
+    _add_config_arguments(ablation, output_default="runs/ablation")
+    ablation.add_argument(
+        "--losses", default="CLASS,SIM,KL-CLASS,SIM-KL,SIM-KL-CLASS",
+        help="comma-separated loss sets (default: %(default)s)",
+    )
+    ablation.set_defaults(run=_ablation)
+
+    zero_shot = commands.add_parser(
+        "zero-shot", help="hold classes out of training; flat hit@K",
+    )
+    _add_config_arguments(zero_shot, output_default="runs/zero_shot")
+    zero_shot.add_argument(
+        "--holdout", required=True, help="comma-separated class ids"
+    )
+    zero_shot.add_argument("--losses", default="CLASS,SIM-KL-CLASS")
+    zero_shot.set_defaults(run=_zero_shot)
+
+    demo = commands.add_parser(
+        "demo", help="train SIM-KL-CLASS on Fashion-MNIST and print the table",
+    )
+    demo.add_argument("--output-dir", default="runs/demo", metavar="DIR")
+    demo.add_argument(
+        "--quick", action="store_true", help="a small subset (for CI)"
+    )
+    demo.set_defaults(run=_demo)
     return parser
 
 

@@ -6,6 +6,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import pytest
 
+# Two logical CPUs for the whole session, so tests can compare one device
+# with MirroredStrategy over two; this must happen before TF initialises.
+import tensorflow as tf
+
+tf.config.set_logical_device_configuration(
+    tf.config.list_physical_devices("CPU")[0],
+    [tf.config.LogicalDeviceConfiguration()] * 2,
+)
+
 
 def pytest_addoption(parser):
     parser.addoption(

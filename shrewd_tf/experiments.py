@@ -1,0 +1,129 @@
+"""The paper's experiments: the loss ablation table and zero-shot hashing.
+
+`run_ablation` trains each loss set of Table 2/3 with the same budget on the
+same data (loaded once), adds the trivial one-hot baseline built from the
+CLASS model, and writes one metrics table. `run_zero_shot` holds classes out
+of training and reports flat hit@K of retrieving them (Table 5).
+"""
+
+import logging
+import os
+
+import numpy as np
+
+from shrewd_tf import evaluation
+from shrewd_tf import inputs
+from shrewd_tf import trainer
+
+log = logging.getLogger(__name__)
+
+ABLATIONS = ("CLASS", "SIM", "KL-CLASS", "SIM-KL", "SIM-KL-CLASS")
+ONE_HOT_BASELINE = "one-hot (CLASS argmax)"
+
+
+def one_hot_codes(logits):
+    """The trivial baseline's code: one_hot(argmax(logits)), [N, C] 0/1."""
+    logits = np.asarray(logits)
+    codes = np.zeros(logits.shape, np.float32)
+    codes[np.arange(len(logits)), np.argmax(logits, axis=1)] = 1.0
+    return codes
+
+
+def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
+                 verbose="auto"):
+    """Trains each loss set and writes `output_dir/metrics.{json,md}`.
+
+    Args:
+        base_config: the ExperimentConfig every run starts from.
+        output_dir: each run goes to `output_dir/<loss set>/`.
+        loss_sets: names from `config.LOSS_SETS`.
+        data: optional pre-loaded `inputs.ExperimentData`.
+
+    Returns:
+        dict {row name: metrics}, including the one-hot baseline when CLASS
+        is among the loss sets.
+    """
+    data = data or inputs.load_experiment_data(base_config.data)
+    similarity = 1.0 - data.class_distances
+    rows = {}
+    for losses in loss_sets:
+        config = base_config.with_overrides(
+            {
+                "name": losses,
+                "loss.losses": losses,
+                "train.output_dir": os.path.join(output_dir, losses),
+            }
+        )
+        result = trainer.train(config, data=data, verbose=verbose)
+        rows[losses] = result.metrics
+        if losses == "CLASS":
+            codes = one_hot_codes(result.test_outputs["logits"])
+            baseline = evaluation.retrieval_metrics(
+                codes, data.test_labels, similarity,
+                logits=result.test_outputs["logits"],
+            )
+            rows[ONE_HOT_BASELINE] = baseline
+        log.info("%s: %s", losses, evaluation.markdown_table({losses: rows[losses]}))
+    evaluation.write_metrics(
+        rows, output_dir, title=f"{base_config.name}: loss ablation"
+    )
+    return rows
+
+
+def run_zero_shot(base_config, output_dir, holdout_classes,
+                  loss_sets=("CLASS", "SIM-KL-CLASS"), ks=(1, 2, 5, 10),
+                  verbose="auto"):
+    """Flat hit@K on classes held out of training (the paper's Table 5).
+
+    Returns:
+        dict {loss set: {"hit@k": fraction, ...}}; also written to
+        `output_dir/zero_shot.{json,md}`.
+    """
+    base = base_config.with_overrides(
+        {"data.holdout_classes": list(holdout_classes)}
+    )
+    data = inputs.load_experiment_data(base.data)
+    rows = {}
+    for losses in loss_sets:
+        config = base.with_overrides(
+            {
+                "name": f"{losses} (zero-shot)",
+                "loss.losses": losses,
+                "train.output_dir": os.path.join(output_dir, losses),
+            }
+        )
+        result = trainer.train(config, data=data, verbose=verbose)
+        hits = evaluation.zero_shot_flat_hits(
+            result.test_outputs["code"], data.test_labels, holdout_classes, ks
+        )
+        rows[losses] = {f"hit@{k}": v for k, v in hits.items()}
+    write_zero_shot(rows, output_dir, holdout_classes, data.class_names)
+    return rows
+
+
+def write_zero_shot(rows, output_dir, holdout_classes, class_names):
+    """zero_shot.json and zero_shot.md (hit@K in percent)."""
+    import json
+
+    from shrewd_tf import config as config_lib
+
+    names = ", ".join(class_names[c] for c in holdout_classes)
+    keys = list(next(iter(rows.values())))
+    lines = [
+        f"### Zero-shot flat hit@K (unseen: {names})",
+        "",
+        "| model | " + " | ".join(keys) + " |",
+        "|---|" + "---|" * len(keys),
+    ]
+    for name, values in rows.items():
+        cells = " | ".join(f"{100 * values[k]:.1f}" for k in keys)
+        lines.append(f"| {name} | {cells} |")
+    markdown = "\n".join(lines) + "\n"
+    os.makedirs(output_dir, exist_ok=True)
+    config_lib.write_text_atomically(
+        os.path.join(output_dir, "zero_shot.json"), json.dumps(rows, indent=2)
+    )
+    config_lib.write_text_atomically(
+        os.path.join(output_dir, "zero_shot.md"), markdown
+    )
+    return markdown

@@ -1,0 +1,264 @@
+"""Distribution, precision, optimisers and the SHREWD compile step.
+
+The order matters and is kept here in one place:
+
+1. `set_precision_policy` before any layer is built (mixed_float16 on GPU,
+   float32 on CPU by default: on CPUs float16 without XLA is ~38x slower);
+2. `make_strategy` for the devices (MirroredStrategy over all GPUs on one
+   host, MultiWorkerMirroredStrategy across hosts from TF_CONFIG);
+3. build and `compile_shrewd_model` inside `strategy.scope()`;
+4. batch with `per_replica_batch_size * strategy.num_replicas_in_sync`.
+
+The end-to-end `train(config)` lives in `shrewd_tf.trainer`.
+"""
+
+import logging
+
+import keras
+import tensorflow as tf
+
+from shrewd_tf import losses as losses_lib
+
+PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# The code appears twice among the model's outputs so that Keras can attach
+# the similarity loss and the KL loss to it separately (and log both).
+CODE_OUTPUT = "code"
+KL_OUTPUT = "code_kl"
+LOGITS_OUTPUT = "logits"
+EMBEDDING_OUTPUT = "embedding"
+
+
+# === Devices and strategies ===
+
+
+def configure_virtual_cpus(count):
+    """Splits the physical CPU into `count` logical devices.
+
+    Used to exercise MirroredStrategy without GPUs. Must run before
+    TensorFlow initialises its devices.
+
+    Raises:
+        RuntimeError: the runtime is already initialised with another count.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    except RuntimeError:
+        existing = len(tf.config.list_logical_devices("CPU"))
+        if existing != count:
+            raise RuntimeError(
+                f"TensorFlow is already initialised with {existing} logical "
+                f"CPUs; configure virtual CPUs before any TF op runs. "
+                f"Received: count={count}"
+            ) from None
+
+
+def make_strategy(name="auto"):
+    """Returns a tf.distribute strategy by name.
+
+    Args:
+        name: "auto" (MirroredStrategy when more than one GPU is visible,
+            else the default strategy), "default", "mirrored" (all GPUs; the
+            CPU when there are none), "multi_worker" (TF_CONFIG cluster),
+            or "virtual_cpus:<n>" (MirroredStrategy over n logical CPUs).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    gpus = tf.config.list_logical_devices("GPU")
+    if name == "auto":
+        if len(gpus) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name.startswith("virtual_cpus:"):
+        count = int(name.split(":", 1)[1])
+        configure_virtual_cpus(count)
+        devices = [f"/cpu:{i}" for i in range(count)]
+        return tf.distribute.MirroredStrategy(devices)
+    raise ValueError(
+        "Unknown strategy; expected auto, default, mirrored, multi_worker "
+        f"or virtual_cpus:<n>. Received: strategy={name!r}"
+    )
+
+
+def set_precision_policy(name="auto"):
+    """Sets Keras' global dtype policy; returns the policy name in force.
+
+    "auto" picks mixed_float16 when a GPU is visible and float32 otherwise.
+    """
+    if name == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        name = "mixed_float16" if gpus else "float32"
+    if name not in PRECISION_POLICIES:
+        raise ValueError(
+            f"Unknown precision policy; expected auto or one of "
+            f"{PRECISION_POLICIES}. Received: precision={name!r}"
+        )
+    keras.mixed_precision.set_global_policy(name)
+    return name
+
+
+# === Optimiser ===
+
+
+def make_optimizer(train_config, num_replicas=1, steps_per_epoch=1):
+    """The paper's optimisers.
+
+    "adam": Adam at `learning_rate` with decoupled weight decay (the CIFAR
+    setting: 5e-4, 1e-4). "sgd": SGD with Nesterov momentum at
+    `learning_rate * num_replicas` (the ImageNet setting: 0.05 per GPU).
+    Either decays the rate by `lr_decay_factor` every `lr_decay_epochs`.
+    """
+    rate = train_config.learning_rate
+    if train_config.optimizer == "sgd":
+        rate = rate * num_replicas
+    if train_config.lr_decay_epochs:
+        step = train_config.lr_decay_epochs * steps_per_epoch
+        # Keras keeps values[i] while step <= boundaries[i]: the decayed
+        # rate starts at the first step of epoch lr_decay_epochs.
+        boundaries = [step * i - 1 for i in range(1, 20)]
+        values = [rate * train_config.lr_decay_factor**i for i in range(20)]
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, values
+        )
+    decay = train_config.weight_decay or None
+    if train_config.optimizer == "adam":
+        if decay:
+            return keras.optimizers.AdamW(learning_rate=rate, weight_decay=decay)
+        return keras.optimizers.Adam(learning_rate=rate)
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=rate,
+            momentum=train_config.momentum,
+            nesterov=True,
+            weight_decay=decay,
+        )
+    raise ValueError(
+        "Unknown optimizer; expected adam or sgd. "
+        f"Received: optimizer={train_config.optimizer!r}"
+    )
+
+
+# === Losses of eq. 1 ===
+
+
+def loss_weights(loss_config):
+    """Weights of the active terms of eq. 1, by model output.
+
+    With L_sim on: sim 1, KL lambda1, CLASS/REG lambda2. Without L_sim the
+    remaining weights are rescaled so the largest is 1 (KL-CLASS: 1 and 1,
+    CLASS: 1), which keeps the loss on the scale the L2 regulariser and the
+    optimiser's defaults expect. The detached classification head (CLASS
+    off) is still trained, with weight 1: its gradient stops at the code.
+    """
+    terms = loss_config.terms
+    raw = {}
+    if "sim" in terms:
+        raw[CODE_OUTPUT] = 1.0
+    if "kl" in terms:
+        raw[KL_OUTPUT] = loss_config.kl_weight
+    if "class" in terms:
+        raw[LOGITS_OUTPUT] = loss_config.class_weight
+    if "reg" in terms:
+        raw[EMBEDDING_OUTPUT] = loss_config.class_weight
+    if "sim" not in terms:
+        top = max(raw.values())
+        raw = {name: weight / top for name, weight in raw.items()}
+    if "class" not in terms and "reg" not in terms:
+        raw[LOGITS_OUTPUT] = 1.0  # the detached head
+    return raw
+
+
+def make_losses(loss_config, class_distances=None, seed=None):
+    """Keras losses keyed by model output (see `loss_weights`).
+
+    Args:
+        loss_config: `config.LossConfig`.
+        class_distances: [C, C] target distances for integer labels; None
+            when targets are embeddings (cosine distance).
+        seed: seed of the KL target sampler.
+    """
+    terms = loss_config.terms
+    losses = {}
+    if "sim" in terms:
+        losses[CODE_OUTPUT] = losses_lib.SimilarityMatchingLoss(
+            gamma=loss_config.gamma,
+            rho=loss_config.rho,
+            class_distances=class_distances,
+        )
+    if "kl" in terms:
+        losses[KL_OUTPUT] = losses_lib.EmpiricalKLLoss(
+            k=loss_config.kl_k,
+            target=loss_config.kl_target,
+            alpha=loss_config.kl_alpha,
+            seed=seed,
+        )
+    if "reg" in terms:
+        losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(
+            name="regression"
+        )
+    if "class" in terms or "reg" not in terms:
+        losses[LOGITS_OUTPUT] = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, name="cross_entropy"
+        )
+    return losses
+
+
+def with_kl_output(model):
+    """Wraps `model` so its code is also output as `code_kl`.
+
+    Keras attaches one loss per output; the similarity and KL losses both
+    act on the code, so the training model exposes it twice.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = dict(model(inputs))
+    outputs[KL_OUTPUT] = keras.layers.Identity(name=KL_OUTPUT)(
+        outputs[CODE_OUTPUT]
+    )
+    return keras.Model(inputs, outputs, name=f"{model.name}_training")
+
+
+def compile_shrewd_model(model, config, class_distances, num_replicas=1,
+                         steps_per_epoch=1):
+    """Builds the training model and compiles it with eq. 1.
+
+    Call inside `strategy.scope()`. Returns the training model (the code
+    output appears twice, see `with_kl_output`); `model` itself is what
+    gets exported.
+    """
+    train_model = with_kl_output(model)
+    losses = make_losses(config.loss, class_distances, seed=config.train.seed)
+    weights = loss_weights(config.loss)
+    jit = config.train.jit_compile
+    if isinstance(jit, str) and jit != "auto":
+        jit = jit.lower() in ("1", "true", "yes")
+    train_model.compile(
+        optimizer=make_optimizer(config.train, num_replicas, steps_per_epoch),
+        loss=losses,
+        loss_weights={name: weights[name] for name in losses},
+        metrics={LOGITS_OUTPUT: ["sparse_categorical_accuracy"]},
+        jit_compile=jit,
+    )
+    return train_model
+
+
+def targets_for(output_names):
+    """Maps (image, label) batches to (image, {output: label}).
+
+    Every output gets the same targets; outputs without a loss ignore them.
+    """
+    names = tuple(output_names)
+
+    def split(images, labels):
+        return images, {name: labels for name in names}
+
+    return split

@@ -1,0 +1,131 @@
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+
+from shrewd_tf import config as config_lib
+from shrewd_tf import trainer
+from tests.shrewd_tf import helpers
+
+
+def tiny_config(tmp_path, **overrides):
+    values = {
+        "model.encoder": "cifar_resnet:8:4",
+        "model.code_bits": 16,
+        "train.epochs": 2,
+        "train.per_replica_batch_size": 32,
+        "train.output_dir": str(tmp_path / "run"),
+        "data.validation_subset": 64,
+        "train.eval_every": 1,
+    }
+    values.update(overrides)
+    return config_lib.ExperimentConfig(name="tiny").with_overrides(values)
+
+
+@pytest.fixture
+def float32_policy():
+    yield
+    keras.mixed_precision.set_global_policy("float32")
+
+
+def test_train_writes_artefacts_and_reloads(tmp_path):
+    data = helpers.make_data()
+    result = trainer.train(tiny_config(tmp_path), data=data, verbose=0)
+    out = result.output_dir
+    for name in ("config.json", "model.keras", "metrics.json", "metrics.md",
+                 "history.csv"):
+        assert os.path.exists(os.path.join(out, name)), name
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
+        "epoch-001.weights.h5", "epoch-002.weights.h5"
+    ]
+    # BackupAndRestore cleans up after a completed run.
+    assert not os.path.exists(os.path.join(out, "backup"))
+    saved = config_lib.ExperimentConfig.from_file(os.path.join(out, "config.json"))
+    assert saved.model.code_bits == 16
+    # Each loss term and the retrieval metrics are logged per epoch.
+    for key in ("code_loss", "code_kl_loss", "logits_loss", "val_mahp_binary",
+                "val_binary_entropy"):
+        assert len(result.history[key]) == 2, key
+        assert np.all(np.isfinite(result.history[key])), key
+    metrics = json.load(open(os.path.join(out, "metrics.json")))["tiny"]
+    assert 0.0 <= metrics["mahp_binary"] <= 1.0
+    assert 0.0 <= metrics["accuracy"] <= 1.0
+    # The saved model reproduces the codes.
+    reloaded = keras.models.load_model(os.path.join(out, "model.keras"))
+    images = next(iter(data.eval_dataset(data.test_images[:8])))[0]
+    np.testing.assert_allclose(
+        reloaded(images)["code"], result.model(images)["code"], atol=1e-5
+    )
+    assert result.test_outputs["code"].shape == (len(data.test_labels), 16)
+
+
+class _KillAt(keras.callbacks.Callback):
+    """Simulates a killed run: raises in the middle of an epoch."""
+
+    def __init__(self, epoch, batch):
+        super().__init__()
+        self.epoch, self.batch, self.current = epoch, batch, None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.current = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.current == self.epoch and batch == self.batch:
+            raise KeyboardInterrupt("killed")
+
+
+class _EpochRecorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_killed_run_resumes_at_the_last_finished_epoch(tmp_path):
+    data = helpers.make_data()
+    cfg = tiny_config(tmp_path, **{"train.epochs": 3, "train.eval_every": 0})
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train(cfg, data=data, extra_callbacks=[_KillAt(1, 2)], verbose=0)
+    backup = os.path.join(cfg.train.output_dir, "backup")
+    assert os.path.isdir(backup)
+    recorder = _EpochRecorder()
+    result = trainer.train(cfg, data=data, extra_callbacks=[recorder], verbose=0)
+    # Epoch 0 finished before the kill; the rerun starts at epoch 1.
+    assert recorder.epochs == [1, 2]
+    assert len(result.history["loss"]) == 2
+    assert not os.path.isdir(backup)
+
+
+@pytest.mark.parametrize("policy", ["mixed_float16", "mixed_bfloat16"])
+def test_mixed_precision_trains_with_float32_losses(tmp_path, policy, float32_policy):
+    data = helpers.make_data(train=128, test=64)
+    cfg = tiny_config(
+        tmp_path,
+        **{"train.precision": policy, "train.epochs": 1,
+           "train.steps_per_epoch": 2, "train.eval_every": 0},
+    )
+    result = trainer.train(cfg, data=data, verbose=0)
+    assert result.metrics["precision"] == policy
+    for key in ("code_loss", "code_kl_loss", "logits_loss"):
+        assert np.isfinite(result.history[key][0]), key
+    compute = {"mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}[policy]
+    conv = next(l for l in result.model.encoder.layers if "conv" in l.name)
+    assert conv.compute_dtype == compute
+    assert result.test_outputs["code"].dtype == np.float32
+
+
+def test_batch_larger_than_data_is_refused(tmp_path):
+    data = helpers.make_data(train=16, test=32)
+    with pytest.raises(ValueError, match="per_replica_batch_size=32"):
+        trainer.train(tiny_config(tmp_path), data=data, verbose=0)
+
+
+def test_parse_encoder():
+    assert trainer.parse_encoder("resnet20") == ("resnet20", {})
+    assert trainer.parse_encoder("cifar_resnet:8:4") == (
+        "cifar_resnet", {"depth": 8, "base_filters": 4}
+    )
