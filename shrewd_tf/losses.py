@@ -8,8 +8,12 @@ Hamming distance.
 
 Both losses couple the examples of a batch, so the Keras `Loss` classes
 return one value per example (`[B]`) whose mean is the paper's scalar.
-Pairs and neighbours are formed within the batch of ONE replica: under
-`tf.distribute` nothing is gathered across replicas.
+By default pairs and neighbours are formed within the batch of ONE replica
+(nothing crosses devices; the optimised objective is then the mean over
+replicas of the per-replica losses). With `cross_replica=True` the Keras
+losses all-gather codes and targets across replicas first, so pairs and
+neighbours span the global batch and the objective is exactly eq. 2 / eq. 4
+on the global batch (gradients flow back through the all-gather).
 
 The maths is in pure functions (`similarity_matching_loss`,
 `empirical_kl_loss` and their `*_per_example` forms) that tests call
@@ -536,6 +540,54 @@ def sample_target_codes(
 # === Keras losses ===
 
 
+# === Across replicas ===
+
+
+def gather_across_replicas(*tensors):
+    """All-gathers [B, ...] tensors along axis 0 across replicas in sync.
+
+    The tensors are flattened to [B, n_i], concatenated and gathered in ONE
+    collective (several collectives per step can be matched out of order
+    between replicas), then split and reshaped back. Outside
+    `tf.distribute`, or with one replica, they are returned unchanged.
+
+    Returns:
+        (gathered tensors, rows): `rows` [B_local] indexes this replica's
+        examples in the gathered batch (replicas must have equal local
+        batches, as with `drop_remainder=True`), or None when unchanged.
+    """
+    context = tf.distribute.get_replica_context()
+    if context is None or context.num_replicas_in_sync == 1:
+        return tensors, None
+    local = tf.shape(tensors[0])[0]
+    widths = []
+    for t in tensors:
+        feature_shape = t.shape[1:]
+        if not feature_shape.is_fully_defined():
+            raise ValueError(
+                "Gathering across replicas needs static feature sizes. "
+                f"Received shapes: {[t.shape for t in tensors]}"
+            )
+        widths.append(int(np.prod(feature_shape.as_list(), dtype=np.int64)))
+    flat = [
+        tf.reshape(tf.cast(t, tf.float32), [local, w])
+        for t, w in zip(tensors, widths)
+    ]
+    gathered = context.all_gather(tf.concat(flat, axis=1), axis=0)
+    parts = tf.split(gathered, widths, axis=1)
+    out = tuple(
+        tf.reshape(part, tf.concat([[-1], tf.shape(t)[1:]], axis=0))
+        for part, t in zip(parts, tensors)
+    )
+    replica = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    rows = replica * local + tf.range(local)
+    return out, rows
+
+
+def _local_rows(values, rows):
+    return values if rows is None else tf.gather(values, rows)
+
+
 @keras.saving.register_keras_serializable(package="shrewd_tf")
 class SimilarityMatchingLoss(keras.losses.Loss):
     """Eq. 2 as a Keras loss: match code distances to target distances.
@@ -559,6 +611,8 @@ class SimilarityMatchingLoss(keras.losses.Loss):
         class_distances: optional C x C array-like of non-negative class
             distances.
         target_metric: "cosine" or "euclidean", for embedding targets.
+        cross_replica: form pairs over the global batch (all-gather across
+            replicas) instead of within each replica's batch.
         name: loss name.
         **kwargs: `reduction` etc., passed to `keras.losses.Loss`.
 
@@ -579,7 +633,8 @@ class SimilarityMatchingLoss(keras.losses.Loss):
         rho=2.0,
         class_distances=None,
         target_metric="cosine",
-            name="similarity_matching",
+        cross_replica=False,
+        name="similarity_matching",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
@@ -611,6 +666,7 @@ class SimilarityMatchingLoss(keras.losses.Loss):
         self.rho = float(rho)
         self.class_distances = class_distances
         self.target_metric = target_metric
+        self.cross_replica = bool(cross_replica)
 
     def target_distances(self, y_true):
         """Target distance matrix [B, B] (float32) for a batch's y_true."""
@@ -621,12 +677,14 @@ class SimilarityMatchingLoss(keras.losses.Loss):
         return ops.take(ops.take(matrix, labels, axis=0), labels, axis=1)
 
     def call(self, y_true, y_pred):
-        return similarity_matching_per_example(
-            ops.cast(y_pred, "float32"),
-            self.target_distances(y_true),
-            self.gamma,
-            self.rho,
+        codes = ops.cast(y_pred, "float32")
+        rows = None
+        if self.cross_replica:
+            (codes, y_true), rows = gather_across_replicas(codes, y_true)
+        values = similarity_matching_per_example(
+            codes, self.target_distances(y_true), self.gamma, self.rho
         )
+        return _local_rows(values, rows)
 
     def get_config(self):
         class_distances = self.class_distances
@@ -638,6 +696,7 @@ class SimilarityMatchingLoss(keras.losses.Loss):
             "rho": self.rho,
             "class_distances": class_distances,
             "target_metric": self.target_metric,
+            "cross_replica": self.cross_replica,
         }
 
 
@@ -662,6 +721,8 @@ class EmpiricalKLLoss(keras.losses.Loss):
         noise_std: noise of the "bernoulli_noise" target, >= 0.
         min_distance: distance floor before the log, > 0.
         seed: int or None, initial seed of the target sampler.
+        cross_replica: search neighbours (among codes and target samples)
+            over the global batch, all-gathered across replicas.
         name: loss name.
         **kwargs: `reduction` etc., passed to `keras.losses.Loss`.
 
@@ -677,6 +738,7 @@ class EmpiricalKLLoss(keras.losses.Loss):
         noise_std=0.05,
         min_distance=1e-6,
         seed=None,
+        cross_replica=False,
         name="empirical_kl",
         **kwargs,
     ):
@@ -707,6 +769,7 @@ class EmpiricalKLLoss(keras.losses.Loss):
         self.noise_std = float(noise_std)
         self.min_distance = float(min_distance)
         self.seed = seed
+        self.cross_replica = bool(cross_replica)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def sample_target(self, shape):
@@ -730,12 +793,14 @@ class EmpiricalKLLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         codes = ops.cast(y_pred, "float32")
-        return empirical_kl_per_example(
-            codes,
-            self.sample_target(ops.shape(codes)),
-            self.k,
-            self.min_distance,
+        targets = self.sample_target(ops.shape(codes))
+        rows = None
+        if self.cross_replica:
+            (codes, targets), rows = gather_across_replicas(codes, targets)
+        values = empirical_kl_per_example(
+            codes, targets, self.k, self.min_distance
         )
+        return _local_rows(values, rows)
 
     def get_config(self):
         return {
@@ -746,4 +811,5 @@ class EmpiricalKLLoss(keras.losses.Loss):
             "noise_std": self.noise_std,
             "min_distance": self.min_distance,
             "seed": self.seed,
+            "cross_replica": self.cross_replica,
         }

@@ -12,6 +12,7 @@ The order matters and is kept here in one place:
 The end-to-end `train(config)` lives in `shrewd_tf.trainer`.
 """
 
+import functools
 import logging
 
 import keras
@@ -76,17 +77,30 @@ def make_strategy(name="auto"):
     if name == "default":
         return tf.distribute.get_strategy()
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        return _mirrored_strategy(None)
     if name == "multi_worker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     if name.startswith("virtual_cpus:"):
         count = int(name.split(":", 1)[1])
         configure_virtual_cpus(count)
-        devices = [f"/cpu:{i}" for i in range(count)]
-        return tf.distribute.MirroredStrategy(devices)
+        return _mirrored_strategy(tuple(f"/cpu:{i}" for i in range(count)))
     raise ValueError(
         "Unknown strategy; expected auto, default, mirrored, multi_worker "
         f"or virtual_cpus:<n>. Received: strategy={name!r}"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(devices):
+    """One MirroredStrategy per device set and process.
+
+    Two strategies over the same devices restart their collective instance
+    keys, and TF's cached parameters of the first one's all-gathers then
+    clash with the second's (a "Shape mismatch in the collective instance"
+    error); reusing the strategy keeps the keys unique.
+    """
+    return tf.distribute.MirroredStrategy(
+        list(devices) if devices is not None else None
     )
 
 
@@ -194,6 +208,7 @@ def make_losses(loss_config, class_distances=None, seed=None):
             gamma=loss_config.gamma,
             rho=loss_config.rho,
             class_distances=class_distances,
+            cross_replica=loss_config.cross_replica,
         )
     if "kl" in terms:
         losses[KL_OUTPUT] = losses_lib.EmpiricalKLLoss(
@@ -201,6 +216,7 @@ def make_losses(loss_config, class_distances=None, seed=None):
             target=loss_config.kl_target,
             alpha=loss_config.kl_alpha,
             seed=seed,
+            cross_replica=loss_config.cross_replica,
         )
     if "reg" in terms:
         losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(

@@ -129,3 +129,18 @@ def test_parse_encoder():
     assert trainer.parse_encoder("cifar_resnet:8:4") == (
         "cifar_resnet", {"depth": 8, "base_filters": 4}
     )
+
+
+@pytest.mark.parametrize("cross_replica", [False, True])
+def test_train_under_mirrored_strategy(tmp_path, cross_replica):
+    data = helpers.make_data(train=128, test=64)
+    cfg = tiny_config(
+        tmp_path,
+        **{"train.strategy": "virtual_cpus:2", "loss.cross_replica": cross_replica,
+           "train.per_replica_batch_size": 16, "train.epochs": 1,
+           "train.steps_per_epoch": 3, "train.eval_every": 0},
+    )
+    result = trainer.train(cfg, data=data, verbose=0)
+    assert result.metrics["replicas"] == 2
+    for key in ("code_loss", "code_kl_loss", "logits_loss"):
+        assert np.isfinite(result.history[key][0]), key

@@ -4,6 +4,7 @@ import pytest
 import tensorflow as tf
 
 from shrewd_tf import config as config_lib
+from shrewd_tf import losses as losses_lib
 from shrewd_tf import training
 
 
@@ -76,3 +77,87 @@ def test_optimizers_follow_the_paper():
     assert float(sched(2500)) == pytest.approx(0.002)
     with pytest.raises(ValueError, match="rmsprop"):
         training.make_optimizer(config_lib.TrainConfig(optimizer="rmsprop"))
+
+
+# === One device vs MirroredStrategy over two virtual CPUs ===
+
+_RNG = np.random.default_rng(7)
+_X = _RNG.normal(size=(16, 5)).astype("float32")
+_LABELS = _RNG.integers(0, 4, 16)
+_W = _RNG.normal(size=(5, 6)).astype("float32") * 0.5
+_TARGETS = _RNG.random((16, 6)).astype("float32")
+_DISTANCES = np.array(
+    [[0, 0.2, 0.8, 0.8], [0.2, 0, 0.8, 0.8], [0.8, 0.8, 0, 0.2], [0.8, 0.8, 0.2, 0]]
+)
+
+
+class _FixedTargetKL(losses_lib.EmpiricalKLLoss):
+    """KL loss whose target sample is a fixed array, split by replica."""
+
+    def sample_target(self, shape):
+        context = tf.distribute.get_replica_context()
+        targets = tf.constant(_TARGETS)
+        if context is None or context.num_replicas_in_sync == 1:
+            return targets
+        rows = shape[0]
+        start = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
+        return targets[start : start + rows]
+
+
+def _fit(strategy, loss_name, cross_replica, steps=3):
+    """A linear code model (no batch norm) trained a few SGD steps."""
+    with strategy.scope():
+        inputs = keras.Input((5,))
+        code = keras.layers.Dense(6, use_bias=False)(inputs)
+        model = keras.Model(inputs, code)
+        model.set_weights([_W])
+        if loss_name == "sim":
+            loss = losses_lib.SimilarityMatchingLoss(
+                class_distances=_DISTANCES, cross_replica=cross_replica
+            )
+        else:
+            loss = _FixedTargetKL(cross_replica=cross_replica)
+        model.compile(optimizer=keras.optimizers.SGD(0.5), loss=loss)
+    data = tf.data.Dataset.from_tensor_slices((_X, _LABELS)).batch(16).repeat()
+    history = model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0)
+    return model.get_weights()[0], history.history["loss"][0]
+
+
+def _per_half(loss_name, weights):
+    codes = _X @ weights
+    if loss_name == "sim":
+        targets = _DISTANCES[_LABELS][:, _LABELS]
+        values = [
+            losses_lib.similarity_matching_loss(codes[h], targets[h][:, h])
+            for h in (slice(0, 8), slice(8, 16))
+        ]
+    else:
+        values = [
+            losses_lib.empirical_kl_loss(codes[h], _TARGETS[h])
+            for h in (slice(0, 8), slice(8, 16))
+        ]
+    return float(np.mean(values))
+
+
+@pytest.mark.parametrize("loss_name", ["sim", "kl"])
+def test_cross_replica_mirrored_equals_one_device(loss_name):
+    """cross_replica=True: pairs span the global batch, so two replicas
+    take exactly the steps one device takes on the whole batch."""
+    single, single_loss = _fit(tf.distribute.get_strategy(), loss_name, False)
+    mirrored = training.make_strategy("virtual_cpus:2")
+    gathered, gathered_loss = _fit(mirrored, loss_name, True)
+    np.testing.assert_allclose(gathered, single, rtol=1e-4, atol=1e-5)
+    assert gathered_loss == pytest.approx(single_loss, rel=1e-4)
+    assert not np.allclose(gathered, _W)  # it did train
+
+
+@pytest.mark.parametrize("loss_name", ["sim", "kl"])
+def test_per_replica_mirrored_optimises_mean_of_replica_losses(loss_name):
+    """cross_replica=False: each replica sees its own 8 examples; the loss
+    is the mean of the two halves' losses, not the global one."""
+    mirrored = training.make_strategy("virtual_cpus:2")
+    _, first_loss = _fit(mirrored, loss_name, False, steps=1)
+    assert first_loss == pytest.approx(_per_half(loss_name, _W), rel=1e-4)
+    single, _ = _fit(tf.distribute.get_strategy(), loss_name, False)
+    local, _ = _fit(mirrored, loss_name, False)
+    assert not np.allclose(local, single, rtol=1e-4, atol=1e-5)
