@@ -41,7 +41,9 @@ import time
 import faiss
 import numpy as np
 
+from shrewd_tf import hamming_index
 from shrewd_tf import index as index_lib
+from shrewd_tf import scann_index
 
 CODE_BITS = 64
 
@@ -151,7 +153,9 @@ def run_kind(kind, args, scratch):
     raw.add(packed_db)
     raw_build = time.perf_counter() - start
     start = time.perf_counter()
-    flat = index_lib.BinaryHammingIndex(CODE_BITS, num_threads=args.threads)
+    flat = hamming_index.BinaryHammingIndex(
+        CODE_BITS, num_threads=args.threads
+    )
     flat.build(database)
     flat_build = time.perf_counter() - start
     raw_s, ours_s = float("inf"), float("inf")
@@ -226,7 +230,7 @@ def run_kind(kind, args, scratch):
     # --- multi-index hashing ---
     for nhash in (4, 8):
         start = time.perf_counter()
-        mih = index_lib.BinaryHammingIndex(
+        mih = hamming_index.BinaryHammingIndex(
             CODE_BITS, "mih", nhash=nhash, num_threads=args.threads
         )
         mih.build(database)
@@ -241,7 +245,7 @@ def run_kind(kind, args, scratch):
     # --- IVF ---
     for nlist in args.nlists or [None]:  # None: the index default, 2 sqrt(N)
         start = time.perf_counter()
-        ivf = index_lib.BinaryHammingIndex(
+        ivf = hamming_index.BinaryHammingIndex(
             CODE_BITS, "ivf", nlist=nlist, num_threads=args.threads
         )
         ivf.build(database)
@@ -258,7 +262,7 @@ def run_kind(kind, args, scratch):
     # --- HNSW ---
     if not args.skip_hnsw:
         start = time.perf_counter()
-        hnsw = index_lib.BinaryHammingIndex(
+        hnsw = hamming_index.BinaryHammingIndex(
             CODE_BITS, "hnsw", M=args.hnsw_m, num_threads=args.threads
         )
         hnsw.build(database)
@@ -291,7 +295,7 @@ def run_kind(kind, args, scratch):
 
     table = Table()
     start = time.perf_counter()
-    brute = index_lib.ScannIndex(brute_force=True, num_threads=args.threads)
+    brute = scann_index.ScannIndex(brute_force=True, num_threads=args.threads)
     brute.build(database)
     brute_build = time.perf_counter() - start
     brute_s, (exact_ids, _) = best_time(lambda: brute.search(queries, k), 1)
@@ -305,7 +309,7 @@ def run_kind(kind, args, scratch):
     )
     del brute
     start = time.perf_counter()
-    tree = index_lib.ScannIndex(num_threads=args.threads).build(database)
+    tree = scann_index.ScannIndex(num_threads=args.threads).build(database)
     tree_build = time.perf_counter() - start
     size = saved_bytes_per_code(tree, scratch)
     leaves = tree.num_leaves

@@ -2,7 +2,7 @@
 
 For B in (256, 1024, 4096) and d = 64 codes, runs forward + backward of
 
-* L_sim (eq. 2) with `shrewd_tf.losses.pairwise_manhattan_distances`
+* L_sim (eq. 2) with `shrewd_tf.pairwise.pairwise_manhattan_distances`
   (bit-chunked, custom chunked gradient);
 * L_sim through the naive [B, B, d] pairwise tensor and TF's own gradient
   (skipped where its estimated peak exceeds --naive_limit_gib);
@@ -48,6 +48,7 @@ def run_case(case, batch, repeats, device_memory):
     import tensorflow as tf
 
     from shrewd_tf import losses
+    from shrewd_tf import target_sampling
 
     def naive_similarity(codes, targets):
         distances = tf.reduce_sum(
@@ -61,7 +62,9 @@ def run_case(case, batch, repeats, device_memory):
 
     def kl_loss(codes, targets):
         del targets
-        sample = losses.sample_target_codes(tf.shape(codes), "beta", 0.1)
+        sample = target_sampling.sample_target_codes(
+            tf.shape(codes), "beta", 0.1
+        )
         return losses.empirical_kl_loss(codes, sample)
 
     fn = {

@@ -1,7 +1,16 @@
 """shrewd_tf: SHREWD semantic deep hashing in Keras/TensorFlow.
 
-Modules (one concept each): `losses`, `estimators`, `semantics`, `metrics`,
-`datasets`, `models`, `training`, `text`, `index`, `export`, `cli`.
+Modules (one concept each):
+
+* method: `losses` (eq. 2, eq. 4), `pairwise`, `target_sampling`,
+  `estimators`, `semantics`, `class_synsets`, `wordnet_corpus`;
+* evaluation: `metrics`, `ranking`, `evaluation`, `experiments`;
+* data and models: `config`, `datasets`, `inputs`, `models`;
+* training: `training` (strategy, precision, compile), `trainer` (fit),
+  `callbacks`, `demo`;
+* text: `bert`, `text` (sentence encoder);
+* retrieval: `index`, `hamming_index`, `scann_index`, `index_files`;
+* `cli`: the `shrewd` command.
 Import the module you need; this package imports nothing heavy on its own.
 """
 

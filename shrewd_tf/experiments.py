@@ -19,6 +19,7 @@ log = logging.getLogger(__name__)
 
 ABLATIONS = ("CLASS", "SIM", "KL-CLASS", "SIM-KL", "SIM-KL-CLASS")
 ONE_HOT_BASELINE = "one-hot (CLASS argmax)"
+RANDOM_REFERENCE = "random codes (reference)"
 
 
 def one_hot_codes(logits):
@@ -27,6 +28,13 @@ def one_hot_codes(logits):
     codes = np.zeros(logits.shape, np.float32)
     codes[np.arange(len(logits)), np.argmax(logits, axis=1)] = 1.0
     return codes
+
+
+def random_reference(labels, similarity, code_bits, seed=0):
+    """Metrics of uniform random codes: the floor of each metric."""
+    rng = np.random.default_rng(seed)
+    codes = rng.random((len(labels), code_bits)).astype(np.float32)
+    return evaluation.retrieval_metrics(codes, labels, similarity)
 
 
 def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
@@ -41,7 +49,7 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
 
     Returns:
         dict {row name: metrics}, including the one-hot baseline when CLASS
-        is among the loss sets.
+        is among the loss sets, and random codes as a reference.
     """
     data = data or inputs.load_experiment_data(base_config.data)
     similarity = 1.0 - data.class_distances
@@ -64,6 +72,10 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
             )
             rows[ONE_HOT_BASELINE] = baseline
         log.info("%s: %s", losses, evaluation.markdown_table({losses: rows[losses]}))
+    rows[RANDOM_REFERENCE] = random_reference(
+        data.test_labels, similarity, base_config.model.code_bits,
+        base_config.train.seed,
+    )
     evaluation.write_metrics(
         rows, output_dir, title=f"{base_config.name}: loss ablation"
     )

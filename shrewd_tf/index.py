@@ -1,19 +1,23 @@
 """Retrieval indexes over hash codes, behind one TFRS `TopK`-like interface.
 
-* `BinaryHammingIndex`: Hamming search over packed binary codes with faiss
-  binary indexes: exact `flat` scan (`IndexBinaryFlat`), multi-index hashing
-  `mih` (`IndexBinaryMultiHash`, exact by default, see below), `ivf`
-  (`IndexBinaryIVF`) and `hnsw` (`IndexBinaryHNSW`), with optional re-ranking
-  of a Hamming shortlist by L1 distance between float codes.
-* `ScannIndex`: ScaNN (pybind searcher, no TF ops) over float codes, either
-  brute force or tree + asymmetric hashing (AH) + exact re-ordering.
+This module holds the shared interface (`RetrievalIndex`), the factory
+`build_index(kind, codes, ...)`, the manifest-dispatching loader
+`load_index(directory)`, `pack_codes` and the conventions below. The
+indexes live in their own modules and are re-exported here:
+
+* `BinaryHammingIndex` (`shrewd_tf.hamming_index`): Hamming search over
+  packed binary codes with faiss binary indexes (flat, mih, ivf, hnsw),
+  with optional re-ranking of a Hamming shortlist by L1 distance between
+  float codes.
+* `ScannIndex` (`shrewd_tf.scann_index`): ScaNN (pybind searcher, no TF
+  ops) over float codes, either brute force or tree + asymmetric hashing
+  (AH) + exact re-ordering.
 
 Every index has `build(codes, ids=None)`, `add(codes, ids=None)`,
 `search(queries, k) -> (ids [Q, k], distances [Q, k])`, `save(directory)`,
 `load(directory)` (classmethod), `len()`, `is_exact` and a metadata table
 (`set_metadata(ids, label=..., caption=..., image_uri=...)`,
-`metadata(ids)`). `build_index(kind, codes, ...)` and `load_index(directory)`
-are the factory and the manifest-dispatching loader.
+`metadata(ids)`).
 
 Conventions:
 
@@ -30,11 +34,8 @@ Conventions:
 * Distances, smaller is nearer: Hamming (int32, number of differing bits);
   L1 between float codes (float32) when `rerank=True`; squared L2 (float32)
   or the negated inner product -<q, x> (float32) for `ScannIndex`.
-* Threads: faiss runs on `num_threads` OpenMP threads (default 1) set around
-  each faiss call and restored after it; on a loaded 2-core machine faiss
-  with 2 threads fell from 1,818 to 217 queries/s while 1 thread held.
-  The OpenMP count is process-wide, so concurrent searches from several
-  Python threads share it; never `add` while another thread searches.
+* Threads: faiss runs on `num_threads` OpenMP threads (default 1), see
+  `shrewd_tf.hamming_index`.
 * Files: `save(directory)` writes the data files into a fresh
   `directory/data-<hex>/` folder, then commits by atomically replacing
   `directory/manifest.json` (format_version, index type, code_bits, count,
@@ -43,9 +44,9 @@ Conventions:
   loadable. `load` refuses a missing, truncated or corrupted data file and
   any other format version with an `IndexFormatError` naming the file.
   One writer per directory: a reader racing a save may find its data folder
-  removed and should retry.
-  The metadata table is `metadata.jsonl`, one JSON object per id:
-  `{"id": 3, "label": 1, "caption": "...", "image_uri": "..."}`.
+  removed and should retry. The metadata table is `metadata.jsonl`, one
+  JSON object per id: `{"id": 3, "label": 1, "caption": "...",
+  "image_uri": "..."}`. The file helpers are in `shrewd_tf.index_files`.
 
 Example:
 
@@ -58,38 +59,42 @@ same = load_index("/tmp/hamming_index")
 ```
 """
 
-import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
-import re
-import shutil
-import uuid
 
-import faiss
 import numpy as np
 
-FORMAT_VERSION = 1
-MANIFEST_FILE = "manifest.json"
-METADATA_FILE = "metadata.jsonl"
-IDS_FILE = "ids.npy"
+from shrewd_tf import index_files
+from shrewd_tf.index_files import FORMAT_VERSION
+from shrewd_tf.index_files import IDS_FILE
+from shrewd_tf.index_files import MANIFEST_FILE
+from shrewd_tf.index_files import METADATA_FILE
+from shrewd_tf.index_files import IndexFormatError
+
+# Also `BinaryHammingIndex` and `ScannIndex`, served by `__getattr__` below.
+__all__ = [
+    "FORMAT_VERSION",
+    "HAMMING_PAD",
+    "IDS_FILE",
+    "INT_ID_PAD",
+    "MANIFEST_FILE",
+    "METADATA_FILE",
+    "STR_ID_PAD",
+    "IndexFormatError",
+    "RetrievalIndex",
+    "build_index",
+    "load_index",
+    "pack_codes",
+]
+
 INT_ID_PAD = -1
 STR_ID_PAD = ""
 HAMMING_PAD = int(np.iinfo(np.int32).max)
 
-_DATA_DIR_PREFIX = "data-"
-_DATA_DIR_PATTERN = re.compile(r"data-[0-9a-f]{12}")
-# Float scratch per re-ranking chunk ([chunk, candidates, code_bits]).
-_RERANK_CHUNK_BYTES = 32 * 2**20
-
-
-class IndexFormatError(ValueError):
-    """A saved index is missing, truncated, corrupted or of another format."""
-
 
 # === Validation ===
+
 
 
 def _check_k(k):
@@ -232,17 +237,6 @@ def _as_ids(ids, count, start, existing):
 def _json_value(value):
     """Converts NumPy scalars to plain Python values for JSON."""
     return value.item() if isinstance(value, np.generic) else value
-
-
-@contextlib.contextmanager
-def _faiss_threads(num_threads):
-    """Runs faiss on `num_threads` OpenMP threads, restoring the old count."""
-    previous = faiss.omp_get_max_threads()
-    faiss.omp_set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 # === Interface ===
@@ -431,43 +425,21 @@ class RetrievalIndex:
                 are left alone, except older `data-<12 hex>` folders.
         """
         self._require_built()
-        os.makedirs(directory, exist_ok=True)
-        data_name = f"{_DATA_DIR_PREFIX}{uuid.uuid4().hex[:12]}"
-        data_dir = os.path.join(directory, data_name)
-        os.mkdir(data_dir)
-        try:
-            np.save(os.path.join(data_dir, IDS_FILE), self._ids)
-            with open(os.path.join(data_dir, METADATA_FILE), "w") as f:
-                for key, row in self._metadata.items():
-                    f.write(json.dumps({"id": key, **row}, allow_nan=False))
-                    f.write("\n")
+        manifest = {
+            "index_type": self.index_type,
+            "code_bits": self._code_width,
+            "count": len(self),
+            "id_type": "str" if self._ids.dtype.kind == "U" else "int64",
+            "config": self.get_config(),
+        }
+
+        def write_data(data_dir):
+            index_files.write_ids_and_metadata(
+                data_dir, self._ids, self._metadata
+            )
             self._write_engine(data_dir)
-            files = _describe_files(data_dir)
-            _fsync(directory)  # The new data folder's entry is durable.
-            manifest = {
-                "format_version": FORMAT_VERSION,
-                "index_type": self.index_type,
-                "code_bits": self._code_width,
-                "count": len(self),
-                "id_type": "str" if self._ids.dtype.kind == "U" else "int64",
-                "config": self.get_config(),
-                "data_dir": data_name,
-                "files": files,
-            }
-            # The commit point: before it the old manifest and data stand.
-            _replace_json(os.path.join(directory, MANIFEST_FILE), manifest)
-        except BaseException:
-            shutil.rmtree(data_dir, ignore_errors=True)
-            raise
-        _fsync(directory)
-        for name in os.listdir(directory):
-            path = os.path.join(directory, name)
-            if (
-                _DATA_DIR_PATTERN.fullmatch(name)
-                and name != data_name
-                and os.path.isdir(path)
-            ):
-                shutil.rmtree(path, ignore_errors=True)
+
+        index_files.save_index_files(directory, write_data, manifest)
         logging.info(
             "Saved %s (%d codes) to %s", self.index_type, len(self), directory
         )
@@ -480,7 +452,7 @@ class RetrievalIndex:
             IndexFormatError: naming the file that is missing, truncated,
                 corrupted, of another format version or another index type.
         """
-        manifest, data_dir = _read_manifest(directory)
+        manifest, data_dir = index_files.read_manifest(directory)
         if manifest["index_type"] != cls.index_type:
             raise IndexFormatError(
                 f"{os.path.join(directory, MANIFEST_FILE)} holds a "
@@ -494,14 +466,9 @@ class RetrievalIndex:
                 f"config: {e}"
             ) from e
         index._code_width = manifest["code_bits"]
-        index._ids = np.load(
-            os.path.join(data_dir, IDS_FILE), allow_pickle=False
-        )
+        index._ids = index_files.read_ids(data_dir)
         index._read_engine(data_dir, manifest)
-        with open(os.path.join(data_dir, METADATA_FILE)) as f:
-            for line in f:
-                row = json.loads(line)
-                index._metadata[row.pop("id")] = row
+        index._metadata = index_files.read_metadata(data_dir)
         if len(index._ids) != manifest["count"]:
             raise IndexFormatError(
                 f"{os.path.join(data_dir, IDS_FILE)} holds {len(index._ids)} "
@@ -543,657 +510,31 @@ def _pad_columns(rows, distances, k, pad_distance):
     return rows, distances
 
 
-# === Binary Hamming index ===
-
-_HAMMING_PARAMS = {
-    "flat": {},
-    # nhash tables of b = code_bits // nhash bits; a bucket probe flips up
-    # to nflip bits; exact: re-scan rows the probe radius cannot certify.
-    "mih": {"nhash": None, "nflip": 1, "exact": True},
-    "ivf": {"nlist": None, "nprobe": 16},
-    "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 128},
-}
-_HAMMING_SEARCH_PARAMS = {
-    "flat": (),
-    "mih": ("nflip", "exact"),
-    "ivf": ("nprobe",),
-    "hnsw": ("ef_search",),
-}
-
-
-class BinaryHammingIndex(RetrievalIndex):
-    """k-NN in Hamming distance over packed binary codes (faiss).
-
-    Methods (`method=`, parameters as keywords):
-
-    * "flat": exact scan, `faiss.IndexBinaryFlat`. Memory code_bits / 8
-      bytes per code (+ 8 bytes of id).
-    * "mih": multi-index hashing, `faiss.IndexBinaryMultiHash` with `nhash`
-      tables over disjoint substrings of b = code_bits // nhash bits (default
-      b = 16) probed with up to `nflip` flipped bits (default 1). A code at
-      Hamming distance r <= R = nhash * (nflip + 1) - 1 from the query
-      differs in at most nflip bits on some substring (pigeonhole), so it is
-      always found; with `exact=True` (default) every query whose k-th
-      distance exceeds R is re-searched with the flat scan, making results
-      exact. Measured (benchmarks/bench_index.py, 1M clustered codes,
-      k=250): faiss's per-query hash-set shortlist made mih slower than the
-      flat scan; it suits small k and tight clusters, not k=250.
-    * "ivf": `faiss.IndexBinaryIVF` with `nlist` Hamming k-means lists
-      (default 2 sqrt(N), set at build) and `nprobe` probed lists (16).
-      Trained at build on up to 256 codes per list (faiss default; about
-      70 s on one thread for nlist=2000); `add` does not retrain. The best
-      sub-linear method in the benchmark.
-    * "hnsw": `faiss.IndexBinaryHNSW` with `M` links per node (32),
-      `ef_construction` (40) and `ef_search` (128; raised to k when smaller).
-
-    Re-ranking (`rerank=True`): the Hamming top-C (C = max(k,
-    `rerank_candidates`), default C = 4k) is re-ordered by L1 distance
-    between the float query and the float database codes (stable, so L1 ties
-    keep the Hamming order) and cut to k. Float codes are kept (4 code_bits
-    bytes per code) only when re-ranking; distances are then L1 (float32).
-
-    Args:
-        code_bits: code length, a positive multiple of 8.
-        method: "flat", "mih", "ivf" or "hnsw".
-        rerank: re-rank a Hamming shortlist by float L1 distance.
-        rerank_candidates: shortlist size C (None: 4k).
-        num_threads: OpenMP threads for faiss calls (default 1).
-        **params: method parameters listed above.
-
-    Raises:
-        ValueError: on an unknown method or parameter, or bad values.
-    """
-
-    index_type = "binary_hamming"
-
-    def __init__(
-        self,
-        code_bits,
-        method="flat",
-        rerank=False,
-        rerank_candidates=None,
-        num_threads=1,
-        **params,
-    ):
-        super().__init__()
-        code_bits = _check_positive_int("code_bits", code_bits)
-        if code_bits % 8:
-            raise ValueError(
-                "`code_bits` must be a multiple of 8. "
-                f"Received: code_bits={code_bits}"
-            )
-        if method not in _HAMMING_PARAMS:
-            raise ValueError(
-                f"`method` must be one of {sorted(_HAMMING_PARAMS)}. "
-                f"Received: method={method!r}"
-            )
-        unknown = set(params) - set(_HAMMING_PARAMS[method])
-        if unknown:
-            raise ValueError(
-                f"Unknown parameters for method={method!r}: {sorted(unknown)}. "
-                f"Allowed: {sorted(_HAMMING_PARAMS[method])}"
-            )
-        self.code_bits = code_bits
-        self.method = method
-        self.rerank = bool(rerank)
-        self.rerank_candidates = _check_positive_int(
-            "rerank_candidates", rerank_candidates, allow_none=True
-        )
-        self.num_threads = _check_positive_int("num_threads", num_threads)
-        self.params = self._checked_params(
-            {**_HAMMING_PARAMS[method], **params}
-        )
-        # What the caller asked for; build-time defaults (nlist) come from N.
-        self._requested_params = dict(self.params)
-        self._engine = None
-        self._float_codes = None
-
-    def _checked_params(self, params):
-        """Returns a validated copy of `params` (nhash resolved)."""
-        p = dict(params)
-        if self.method == "mih":
-            if p["nhash"] is None:
-                p["nhash"] = max(1, self.code_bits // 16)
-            _check_positive_int("nhash", p["nhash"])
-            bits = self.code_bits // p["nhash"]
-            if bits < 1 or bits > 64:
-                raise ValueError(
-                    "`nhash` must give substrings of 1..64 bits "
-                    f"(code_bits // nhash). Received: nhash={p['nhash']}"
-                )
-            if isinstance(p["nflip"], bool) or not isinstance(
-                p["nflip"], (int, np.integer)
-            ) or not 0 <= p["nflip"] <= bits:
-                raise ValueError(
-                    f"`nflip` must be an integer in [0, {bits}]. "
-                    f"Received: nflip={p['nflip']!r}"
-                )
-            p["exact"] = bool(p["exact"])
-        elif self.method == "ivf":
-            _check_positive_int("nlist", p["nlist"], allow_none=True)
-            _check_positive_int("nprobe", p["nprobe"])
-        elif self.method == "hnsw":
-            for name in ("M", "ef_construction", "ef_search"):
-                _check_positive_int(name, p[name])
-        return p
-
-    @property
-    def is_exact(self):
-        """True when search returns the exact top-k Hamming distances.
-
-        flat and mih with exact=True; False for ivf, hnsw, and whenever
-        `rerank` is on (an L1 re-ranking of a Hamming shortlist is not an
-        exact L1 search).
-        """
-        exact = self.method == "flat" or (
-            self.method == "mih" and self.params["exact"]
-        )
-        return exact and not self.rerank
-
-    def get_config(self):
-        return {
-            "code_bits": self.code_bits,
-            "method": self.method,
-            "rerank": self.rerank,
-            "rerank_candidates": self.rerank_candidates,
-            "num_threads": self.num_threads,
-            **self.params,
-        }
-
-    def set_search_params(self, **params):
-        """Changes search-time parameters without rebuilding.
-
-        mih: nflip, exact; ivf: nprobe; hnsw: ef_search.
-
-        Raises:
-            ValueError: for parameters that need a rebuild, or bad values.
-        """
-        allowed = _HAMMING_SEARCH_PARAMS[self.method]
-        unknown = set(params) - set(allowed)
-        if unknown:
-            raise ValueError(
-                f"Search parameters of method={self.method!r} are "
-                f"{list(allowed)}. Received: {sorted(unknown)}"
-            )
-        self.params = self._checked_params({**self.params, **params})
-        self._requested_params.update(params)
-        if self._engine is not None:
-            self._apply_search_params()
-
-    def _check_codes(self, codes, name):
-        return _as_codes(codes, name, width=self.code_bits, unit_range=True)
-
-    def _new_engine(self, packed):
-        d, p = self.code_bits, self.params
-        if self.method == "flat":
-            return faiss.IndexBinaryFlat(d)
-        if self.method == "mih":
-            return faiss.IndexBinaryMultiHash(d, p["nhash"], d // p["nhash"])
-        if self.method == "hnsw":
-            engine = faiss.IndexBinaryHNSW(d, p["M"])
-            engine.hnsw.efConstruction = p["ef_construction"]
-            return engine
-        # ivf: needs training codes.
-        p["nlist"] = self._requested_params["nlist"]
-        if p["nlist"] is None:
-            p["nlist"] = min(
-                len(packed), max(1, round(2 * math.sqrt(len(packed))))
-            )
-        if len(packed) < p["nlist"]:
-            raise ValueError(
-                f"method='ivf' needs at least nlist={p['nlist']} codes to "
-                f"train. Received: {len(packed)} codes"
-            )
-        quantizer = faiss.IndexBinaryFlat(d)
-        engine = faiss.IndexBinaryIVF(quantizer, d, p["nlist"])
-        engine.own_fields = True
-        quantizer.this.disown()
-        engine.train(packed)
-        return engine
-
-    def _apply_search_params(self):
-        p = self.params
-        if self.method == "mih":
-            self._engine.nflip = p["nflip"]
-        elif self.method == "ivf":
-            self._engine.nprobe = p["nprobe"]
-        elif self.method == "hnsw":
-            self._engine.hnsw.efSearch = p["ef_search"]
-
-    def _build_engine(self, codes):
-        packed = np.packbits(codes > 0.5, axis=1)
-        with _faiss_threads(self.num_threads):
-            engine = self._new_engine(packed)
-            engine.add(packed)
-        self._engine = engine
-        self._apply_search_params()
-        self._float_codes = (
-            codes.astype(np.float32) if self.rerank else None
-        )
-
-    def _add_engine(self, codes):
-        with _faiss_threads(self.num_threads):
-            self._engine.add(np.packbits(codes > 0.5, axis=1))
-        if self.rerank:
-            self._float_codes = np.concatenate(
-                [self._float_codes, codes.astype(np.float32)]
-            )
-
-    def _hamming_search(self, packed, k):
-        """Returns (rows int64 [Q, k'], Hamming int32 [Q, k']), k' <= k."""
-        k = min(k, self._engine.ntotal)
-        if k == 0 or len(packed) == 0:
-            return (
-                np.empty((len(packed), 0), np.int64),
-                np.empty((len(packed), 0), np.int32),
-            )
-        params = None
-        if self.method == "hnsw":
-            params = faiss.SearchParametersHNSW()
-            params.efSearch = max(self.params["ef_search"], k)
-        elif self.method == "ivf":
-            params = faiss.SearchParametersIVF()
-            params.nprobe = self.params["nprobe"]
-        with _faiss_threads(self.num_threads):
-            distances, rows = self._engine.search(packed, k, params=params)
-            if self.method == "mih" and self.params["exact"]:
-                self._certify_mih(packed, rows, distances, k)
-        return rows, distances
-
-    def _certify_mih(self, packed, rows, distances, k):
-        """Re-searches with the flat storage the rows MIH cannot certify."""
-        radius = self.params["nhash"] * (self.params["nflip"] + 1) - 1
-        last = distances[:, k - 1]
-        certified = last <= radius
-        if k == self._engine.ntotal:
-            certified |= last != HAMMING_PAD
-        redo = np.flatnonzero(~certified)
-        if len(redo):
-            storage = faiss.downcast_IndexBinary(self._engine.storage)
-            redo_distances, redo_rows = storage.search(packed[redo], k)
-            distances[redo], rows[redo] = redo_distances, redo_rows
-
-    def _search_rows(self, queries, k):
-        packed = np.packbits(queries > 0.5, axis=1)
-        if not self.rerank:
-            rows, distances = self._hamming_search(packed, k)
-            return _pad_columns(rows, distances, k, HAMMING_PAD)
-        shortlist = max(k, self.rerank_candidates or 4 * k)
-        rows, _ = self._hamming_search(packed, shortlist)
-        rows, distances = self._rerank_l1(
-            queries.astype(np.float32), rows, k
-        )
-        return _pad_columns(rows, distances, k, np.inf)
-
-    def _rerank_l1(self, queries, rows, k):
-        """Re-orders shortlist `rows` [Q, C] by float L1; returns top k."""
-        num_queries, shortlist = rows.shape
-        k = min(k, shortlist)
-        row_bytes = max(1, 4 * shortlist * self.code_bits)
-        chunk = max(1, _RERANK_CHUNK_BYTES // row_bytes)
-        out_rows = np.empty((num_queries, k), np.int64)
-        out_distances = np.empty((num_queries, k), np.float32)
-        for start in range(0, num_queries, chunk):
-            part = slice(start, start + chunk)
-            block = rows[part]
-            candidates = self._float_codes[np.where(block < 0, 0, block)]
-            l1 = np.abs(candidates - queries[part, None, :]).sum(
-                axis=2, dtype=np.float32
-            )
-            l1[block < 0] = np.inf
-            order = np.argsort(l1, axis=1, kind="stable")[:, :k]
-            out_rows[part] = np.take_along_axis(block, order, 1)
-            out_distances[part] = np.take_along_axis(l1, order, 1)
-        return out_rows, out_distances
-
-    def _write_engine(self, data_dir):
-        path = os.path.join(data_dir, "faiss.index")
-        faiss.write_index_binary(self._engine, path)
-        if self.rerank:
-            path = os.path.join(data_dir, "float_codes.npy")
-            np.save(path, self._float_codes)
-
-    def _read_engine(self, data_dir, manifest):
-        path = os.path.join(data_dir, "faiss.index")
-        engine = faiss.read_index_binary(path)
-        if engine.ntotal != manifest["count"] or engine.d != self.code_bits:
-            raise IndexFormatError(
-                f"{path} holds {engine.ntotal} "
-                f"codes of {engine.d} bits; the manifest says "
-                f"{manifest['count']} of {self.code_bits}"
-            )
-        self._engine = engine
-        self._apply_search_params()
-        if self.rerank:
-            self._float_codes = np.load(
-                os.path.join(data_dir, "float_codes.npy"), allow_pickle=False
-            )
-
-
-# === ScaNN index ===
-
-
-class ScannIndex(RetrievalIndex):
-    """k-NN over float codes with ScaNN's pybind searcher (no TF ops).
-
-    Brute force (`brute_force=True`, exact in float32, best for N below a
-    few tens of thousands) or a k-means tree with `num_leaves` leaves
-    (default round(sqrt(N)), set at build) of which `num_leaves_to_search`
-    are searched (default ceil(num_leaves / 10)), asymmetric hashing with
-    `dimensions_per_block` dimensions per 4-bit block, and exact float32
-    re-ordering of the top `reorder_k` AH candidates (default max(4k, 100),
-    at least k).
-
-    `add` upserts into the existing tree and AH codebook without retraining;
-    rebuild after adding a large fraction of the data. Note: `import scann`
-    also imports TensorFlow when it is installed (scann/__init__.py), so the
-    first ScannIndex costs a TF import; the searcher itself runs no TF ops.
-
-    Args:
-        distance: "squared_l2" or "dot_product" (distances returned are the
-            squared L2 distance, or -<q, x>: smaller is nearer).
-        brute_force: exact float32 brute force instead of tree + AH.
-        num_leaves, num_leaves_to_search: tree size and search width.
-        dimensions_per_block: AH block width.
-        anisotropic_quantization_threshold: AH noise-shaping threshold (None:
-            off; ScaNN suggests 0.2 for dot_product).
-        reorder_k: AH candidates re-scored exactly.
-        training_sample_size: codes sampled to train the tree and AH.
-        num_threads: search and training threads (1: single-threaded).
-
-    Raises:
-        ValueError: on bad parameter values, quoting them.
-    """
-
-    index_type = "scann"
-
-    def __init__(
-        self,
-        distance="squared_l2",
-        brute_force=False,
-        num_leaves=None,
-        num_leaves_to_search=None,
-        dimensions_per_block=2,
-        anisotropic_quantization_threshold=None,
-        reorder_k=None,
-        training_sample_size=100_000,
-        num_threads=1,
-    ):
-        super().__init__()
-        if distance not in ("squared_l2", "dot_product"):
-            raise ValueError(
-                '`distance` must be "squared_l2" or "dot_product". '
-                f"Received: distance={distance!r}"
-            )
-        self.distance = distance
-        self.brute_force = bool(brute_force)
-        self.num_leaves = _check_positive_int("num_leaves", num_leaves, True)
-        self.num_leaves_to_search = _check_positive_int(
-            "num_leaves_to_search", num_leaves_to_search, True
-        )
-        if (
-            self.num_leaves is not None
-            and self.num_leaves_to_search is not None
-            and self.num_leaves_to_search > self.num_leaves
-        ):
-            raise ValueError(
-                "`num_leaves_to_search` must be <= num_leaves="
-                f"{self.num_leaves}. Received: num_leaves_to_search="
-                f"{self.num_leaves_to_search}"
-            )
-        self.dimensions_per_block = _check_positive_int(
-            "dimensions_per_block", dimensions_per_block
-        )
-        self.anisotropic_quantization_threshold = (
-            None
-            if anisotropic_quantization_threshold is None
-            else float(anisotropic_quantization_threshold)
-        )
-        self.reorder_k = _check_positive_int("reorder_k", reorder_k, True)
-        self.training_sample_size = _check_positive_int(
-            "training_sample_size", training_sample_size
-        )
-        self.num_threads = _check_positive_int("num_threads", num_threads)
-        # What the caller asked for; build-time defaults come from N.
-        self._requested_leaves = (self.num_leaves, self.num_leaves_to_search)
-        self._searcher = None
-
-    @property
-    def is_exact(self):
-        """True only for the float32 brute-force searcher."""
-        return self.brute_force
-
-    def get_config(self):
-        return {
-            "distance": self.distance,
-            "brute_force": self.brute_force,
-            "num_leaves": self.num_leaves,
-            "num_leaves_to_search": self.num_leaves_to_search,
-            "dimensions_per_block": self.dimensions_per_block,
-            "anisotropic_quantization_threshold": (
-                self.anisotropic_quantization_threshold
-            ),
-            "reorder_k": self.reorder_k,
-            "training_sample_size": self.training_sample_size,
-            "num_threads": self.num_threads,
-        }
-
-    def set_search_params(self, num_leaves_to_search=None, reorder_k=None):
-        """Changes the search width and the re-ordering depth."""
-        if num_leaves_to_search is not None:
-            _check_positive_int("num_leaves_to_search", num_leaves_to_search)
-            if self.num_leaves and num_leaves_to_search > self.num_leaves:
-                raise ValueError(
-                    "`num_leaves_to_search` must be <= num_leaves="
-                    f"{self.num_leaves}. Received: num_leaves_to_search="
-                    f"{num_leaves_to_search}"
-                )
-            self.num_leaves_to_search = int(num_leaves_to_search)
-            self._requested_leaves = (
-                self._requested_leaves[0],
-                self.num_leaves_to_search,
-            )
-        if reorder_k is not None:
-            self.reorder_k = _check_positive_int("reorder_k", reorder_k)
-
-    def _check_codes(self, codes, name):
-        array = _as_codes(codes, name, width=self._code_width)
-        return np.ascontiguousarray(array, dtype=np.float32)
-
-    def _build_engine(self, codes):
-        from scann.scann_ops.py import scann_ops_pybind
-
-        if len(codes) == 0:
-            raise ValueError("ScannIndex needs at least one code to build.")
-        builder = scann_ops_pybind.builder(codes, 10, self.distance)
-        builder.set_n_training_threads(self.num_threads)
-        if self.brute_force:
-            builder = builder.score_brute_force()
-        else:
-            self.num_leaves, self.num_leaves_to_search = self._requested_leaves
-            if self.num_leaves is None:
-                self.num_leaves = max(1, round(math.sqrt(len(codes))))
-            if self.num_leaves > len(codes):
-                raise ValueError(
-                    f"`num_leaves` must be <= the number of codes "
-                    f"({len(codes)}). Received: num_leaves={self.num_leaves}"
-                )
-            if self.num_leaves_to_search is None:
-                self.num_leaves_to_search = math.ceil(self.num_leaves / 10)
-            self.num_leaves_to_search = min(
-                self.num_leaves_to_search, self.num_leaves
-            )
-            threshold = self.anisotropic_quantization_threshold
-            builder = (
-                builder.tree(
-                    num_leaves=self.num_leaves,
-                    num_leaves_to_search=self.num_leaves_to_search,
-                    training_sample_size=self.training_sample_size,
-                )
-                .score_ah(
-                    self.dimensions_per_block,
-                    anisotropic_quantization_threshold=(
-                        float("nan") if threshold is None else threshold
-                    ),
-                    training_sample_size=self.training_sample_size,
-                )
-                .reorder(self.reorder_k or 100)
-            )
-        self._searcher = builder.build()
-
-    def _add_engine(self, codes):
-        # The raw searcher appends rows for `None` indices; no docids needed.
-        self._searcher.searcher.upsert([None] * len(codes), codes, 1)
-
-    def _search_rows(self, queries, k):
-        if len(queries) == 0:
-            return np.empty((0, k), np.int64), np.empty((0, k), np.float32)
-        k_found = min(k, len(self))
-        kwargs = {}
-        if not self.brute_force:
-            kwargs = {
-                "leaves_to_search": self.num_leaves_to_search,
-                "pre_reorder_num_neighbors": max(
-                    k_found, self.reorder_k or max(4 * k_found, 100)
-                ),
-            }
-        if self.num_threads > 1:
-            self._searcher.set_num_threads(self.num_threads)
-            rows, distances = self._searcher.search_batched_parallel(
-                queries, k_found, **kwargs
-            )
-        else:
-            rows, distances = self._searcher.search_batched(
-                queries, k_found, **kwargs
-            )
-        rows = np.asarray(rows, dtype=np.int64)
-        distances = np.asarray(distances, dtype=np.float32)
-        # ScaNN pads short rows with row 0 and NaN distance.
-        missing = ~np.isfinite(distances)
-        if self.distance == "dot_product":
-            distances = -distances
-        rows[missing], distances[missing] = -1, np.inf
-        return _pad_columns(rows, distances, k, np.inf)
-
-    def _write_engine(self, data_dir):
-        scann_dir = os.path.join(data_dir, "scann")
-        os.mkdir(scann_dir)
-        self._searcher.serialize(scann_dir, relative_path=True)
-
-    def _read_engine(self, data_dir, manifest):
-        from scann.scann_ops.py import scann_ops_pybind
-
-        self._searcher = scann_ops_pybind.load_searcher(
-            os.path.join(data_dir, "scann"), assets_backcompat_shim=False
-        )
-        if self._searcher.size() != manifest["count"]:
-            raise IndexFormatError(
-                f"{os.path.join(data_dir, 'scann')} holds "
-                f"{self._searcher.size()} codes; the manifest says "
-                f"{manifest['count']}"
-            )
-
-
-# === Files ===
-
-
-def _sha256(path):
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _describe_files(data_dir):
-    """Fsyncs every file under `data_dir`; returns {relpath: size, sha256}."""
-    files = {}
-    for root, _, names in os.walk(data_dir):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            _fsync(path)
-            files[os.path.relpath(path, data_dir)] = {
-                "bytes": os.path.getsize(path),
-                "sha256": _sha256(path),
-            }
-        _fsync(root)
-    return files
-
-
-def _replace_json(path, value):
-    """Writes JSON to a temp file, fsyncs it, then os.replace()s `path`."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(temp, "w") as f:
-            json.dump(value, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise
-
-
-def _read_manifest(directory, verify_files=True):
-    """Returns (manifest, data_dir), checking every data file if asked."""
-    path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(path):
-        raise IndexFormatError(f"{path} is missing: not a saved index")
-    try:
-        with open(path) as f:
-            manifest = json.load(f)
-        version = manifest["format_version"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise IndexFormatError(f"{path} is not a valid manifest: {e}") from e
-    if version != FORMAT_VERSION:
-        raise IndexFormatError(
-            f"{path} has format_version={version!r}; this shrewd_tf reads "
-            f"format_version={FORMAT_VERSION}"
-        )
-    required = ("index_type", "code_bits", "count", "config", "data_dir")
-    absent = [key for key in required + ("files",) if key not in manifest]
-    if absent:
-        raise IndexFormatError(f"{path} lacks the fields {absent}")
-    if not _DATA_DIR_PATTERN.fullmatch(str(manifest["data_dir"])):
-        raise IndexFormatError(
-            f"{path} names an invalid data folder: {manifest['data_dir']!r}"
-        )
-    data_dir = os.path.join(directory, manifest["data_dir"])
-    if not verify_files:
-        return manifest, data_dir
-    for name, expected in manifest["files"].items():
-        file_path = os.path.join(data_dir, name)
-        if not os.path.isfile(file_path):
-            raise IndexFormatError(f"{file_path} is missing")
-        size = os.path.getsize(file_path)
-        if size != expected["bytes"]:
-            raise IndexFormatError(
-                f"{file_path} is truncated or resized: {size} bytes, the "
-                f"manifest says {expected['bytes']}"
-            )
-        if _sha256(file_path) != expected["sha256"]:
-            raise IndexFormatError(
-                f"{file_path} is corrupted: its sha256 does not match the "
-                "manifest"
-            )
-    return manifest, data_dir
-
-
 # === Factory ===
 
-_INDEX_TYPES = {
-    BinaryHammingIndex.index_type: BinaryHammingIndex,
-    ScannIndex.index_type: ScannIndex,
-}
+
+def __getattr__(name):
+    """Re-exports the index classes (their modules import this one)."""
+    if name == "BinaryHammingIndex":
+        from shrewd_tf.hamming_index import BinaryHammingIndex
+
+        return BinaryHammingIndex
+    if name == "ScannIndex":
+        from shrewd_tf.scann_index import ScannIndex
+
+        return ScannIndex
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _index_types():
+    """Returns {index_type: class} for every index kind."""
+    from shrewd_tf.hamming_index import BinaryHammingIndex
+    from shrewd_tf.scann_index import ScannIndex
+
+    return {
+        BinaryHammingIndex.index_type: BinaryHammingIndex,
+        ScannIndex.index_type: ScannIndex,
+    }
 
 
 def build_index(kind, codes, ids=None, **params):
@@ -1212,14 +553,15 @@ def build_index(kind, codes, ids=None, **params):
     Raises:
         ValueError: on an unknown kind or bad codes / parameters.
     """
-    if kind not in _INDEX_TYPES:
+    index_types = _index_types()
+    if kind not in index_types:
         raise ValueError(
-            f"`kind` must be one of {sorted(_INDEX_TYPES)}. "
+            f"`kind` must be one of {sorted(index_types)}. "
             f"Received: kind={kind!r}"
         )
-    if kind == BinaryHammingIndex.index_type and "code_bits" not in params:
+    if kind == "binary_hamming" and "code_bits" not in params:
         params["code_bits"] = _as_codes(codes, "codes").shape[1]
-    return _INDEX_TYPES[kind](**params).build(codes, ids)
+    return index_types[kind](**params).build(codes, ids)
 
 
 def load_index(directory):
@@ -1228,11 +570,12 @@ def load_index(directory):
     Raises:
         IndexFormatError: naming the bad file (see `RetrievalIndex.load`).
     """
-    manifest, _ = _read_manifest(directory, verify_files=False)
+    manifest, _ = index_files.read_manifest(directory, verify_files=False)
     kind = manifest["index_type"]
-    if kind not in _INDEX_TYPES:
+    index_types = _index_types()
+    if kind not in index_types:
         raise IndexFormatError(
             f"{os.path.join(directory, MANIFEST_FILE)} has unknown "
             f"index_type={kind!r}"
         )
-    return _INDEX_TYPES[kind].load(directory)
+    return index_types[kind].load(directory)

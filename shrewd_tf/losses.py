@@ -20,15 +20,11 @@ The maths is in pure functions (`similarity_matching_loss`,
 directly. Everything is computed in float32 whatever the input dtype, so the
 losses are safe under the `mixed_float16` / `mixed_bfloat16` policies.
 
-Memory: a naive pairwise L1 matrix goes through a [B, B, d] tensor (4 GiB in
-float32 at B = 4096, d = 64, and as much again for its gradient).
-`pairwise_manhattan_distances` instead accumulates bit by bit into a
-[B, B] buffer (in tiles of rows) and has a custom gradient that loops the
-same way.
-This part uses TensorFlow directly (`tf.custom_gradient`, `tf.foldl`,
-`tf.map_fn`): the package targets the TensorFlow backend. Everything here,
-target sampling included, also compiles under XLA, which Keras' default
-`jit_compile="auto"` turns on for `fit` on GPU machines.
+The pairwise code and target distances of eq. 2 are in `shrewd_tf.pairwise`
+(memory-lean L1 with a custom gradient); the target sample of eq. 4 comes
+from `shrewd_tf.target_sampling`. Everything here also compiles under XLA,
+which Keras' default `jit_compile="auto"` turns on for `fit` on GPU
+machines.
 """
 
 import math
@@ -38,162 +34,18 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-# Rows per tile of the pairwise L1 loops: a [128, 4096] float32 block is
-# 2 MiB, small enough to stay in cache while it accumulates over the bits.
-_TILE_ROWS = 128
+from shrewd_tf.pairwise import TARGET_METRICS
+from shrewd_tf.pairwise import _check_codes
+from shrewd_tf.pairwise import pairwise_manhattan_distances
+from shrewd_tf.pairwise import pairwise_target_distances
+from shrewd_tf.target_sampling import TARGET_DISTRIBUTIONS
+from shrewd_tf.target_sampling import _stateless_seed
+from shrewd_tf.target_sampling import sample_target_codes
 
 # Floor for tau_z, the sum of all pairwise code distances. It only matters
 # when every code in the batch is identical (tau_z = 0); any real batch has
 # tau_z many orders of magnitude larger.
 _TAU_EPSILON = 1e-12
-
-TARGET_METRICS = ("cosine", "euclidean")
-TARGET_DISTRIBUTIONS = ("beta", "bernoulli_noise", "uniform")
-
-
-# === Pairwise distances ===
-
-
-def _check_codes(codes, name="codes"):
-    codes = ops.cast(codes, "float32")
-    if len(codes.shape) != 2:
-        raise ValueError(
-            f"`{name}` must be 2-D: [batch, dim]. "
-            f"Received: {name}.shape={codes.shape}"
-        )
-    return codes
-
-
-def _row_tiles(x, rows):
-    """Zero-pads [B, ...] to a multiple of `rows` and splits it into
-    [num_tiles, rows, ...]."""
-    shape = tf.shape(x)
-    padding = [[0, (-shape[0]) % rows]] + [[0, 0]] * (len(x.shape) - 1)
-    return tf.reshape(
-        tf.pad(x, padding), tf.concat([[-1, rows], shape[1:]], axis=0)
-    )
-
-
-def pairwise_manhattan_distances(codes):
-    """All-pairs Manhattan (L1) distances, without a [B, B, d] tensor.
-
-    The forward pass loops over bits and accumulates |z_ik - z_jk| into a
-    [B, B] buffer. The custom gradient loops the same way:
-    d/dz_ik sum_ij G_ij |z_ik - z_jk| = sum_j (G_ij + G_ji) sign(z_ik - z_jk),
-    with the subgradient 0 at z_ik = z_jk, so duplicated codes get finite
-    gradients. Peak memory is a few [B, B] float32 buffers (64 MiB each at
-    B = 4096) instead of [B, B, d] tensors (4 GiB at d = 64).
-
-    Both loops also run over tiles of 128 rows, so that the [128, B] block
-    being accumulated stays in CPU cache across the bits (4x faster than
-    whole [B, B] passes at B = 4096 on CPU). All loops are `tf.foldl` /
-    `tf.map_fn` with `parallel_iterations=1` (concurrent iterations would
-    multiply the peak) and static shapes, so the function also compiles
-    under XLA (`jit_compile=True`). Second derivatives are not supported.
-
-    Args:
-        codes: float tensor [B, d]; computed in float32.
-
-    Returns:
-        float32 tensor [B, B], symmetric, zero diagonal.
-
-    Raises:
-        ValueError: if `codes` is not 2-D.
-    """
-    codes = _check_codes(codes)
-
-    @tf.custom_gradient
-    def distances(z):
-        batch = tf.shape(z)[0]
-        bit_major = tf.transpose(z)  # [d, B]
-
-        def tile_distances(tile):  # [T, d] -> [T, B]
-            def add_bit(acc, columns):
-                tile_column, column = columns
-                return acc + tf.abs(tile_column[:, None] - column[None, :])
-
-            return tf.foldl(
-                add_bit,
-                (tf.transpose(tile), bit_major),
-                initializer=tf.zeros([_TILE_ROWS, batch], z.dtype),
-                parallel_iterations=1,
-            )
-
-        tiles = tf.map_fn(
-            tile_distances, _row_tiles(z, _TILE_ROWS), parallel_iterations=1
-        )
-        result = tf.reshape(tiles, [-1, batch])[:batch]
-
-        def grad(upstream):
-            both_ways = upstream + tf.transpose(upstream)
-
-            def tile_grad(tile_and_weights):  # [T, d], [T, B] -> [T, d]
-                tile, weights = tile_and_weights
-
-                def bit_grad(columns):
-                    tile_column, column = columns
-                    sign = tf.sign(tile_column[:, None] - column[None, :])
-                    return tf.reduce_sum(sign * weights, axis=1)
-
-                by_bit = tf.map_fn(
-                    bit_grad,
-                    (tf.transpose(tile), bit_major),
-                    fn_output_signature=z.dtype,
-                    parallel_iterations=1,
-                )
-                return tf.transpose(by_bit)
-
-            tiles = tf.map_fn(
-                tile_grad,
-                (_row_tiles(z, _TILE_ROWS), _row_tiles(both_ways, _TILE_ROWS)),
-                fn_output_signature=z.dtype,
-                parallel_iterations=1,
-            )
-            return tf.reshape(tiles, [-1, tf.shape(z)[1]])[:batch]
-
-        return result, grad
-
-    return distances(codes)
-
-
-def pairwise_target_distances(embeddings, metric="cosine"):
-    """Target distances between the embeddings of a batch (no gradient).
-
-    Args:
-        embeddings: float tensor [B, E], e.g. sentence embeddings.
-        metric: "cosine" for 1 - cos(e_i, e_j) (in [0, 2]; a zero vector
-            has cosine 0 to everything) or "euclidean" for |e_i - e_j|_2.
-
-    Returns:
-        float32 tensor [B, B], symmetric, exactly zero on the diagonal.
-
-    Raises:
-        ValueError: on an unknown metric or non-2-D embeddings.
-    """
-    if metric not in TARGET_METRICS:
-        raise ValueError(
-            f"`metric` must be one of {TARGET_METRICS}. "
-            f"Received: metric={metric!r}"
-        )
-    embeddings = ops.stop_gradient(_check_codes(embeddings, "embeddings"))
-    batch = ops.shape(embeddings)[0]
-    if metric == "cosine":
-        unit = embeddings / ops.maximum(
-            ops.norm(embeddings, axis=1, keepdims=True), 1e-12
-        )
-        cosine = ops.clip(ops.matmul(unit, ops.transpose(unit)), -1.0, 1.0)
-        distances = 1.0 - cosine
-    else:
-        # Centring reduces the cancellation of the Gram expansion.
-        centred = embeddings - ops.mean(embeddings, axis=0, keepdims=True)
-        sq_norms = ops.sum(ops.square(centred), axis=1)
-        sq = (
-            sq_norms[:, None]
-            + sq_norms[None, :]
-            - 2.0 * ops.matmul(centred, ops.transpose(centred))
-        )
-        distances = ops.sqrt(ops.maximum(sq, 0.0))
-    return ops.where(ops.eye(batch, dtype="bool"), 0.0, distances)
 
 
 # === Similarity matching (eq. 2) ===
@@ -436,110 +288,6 @@ def empirical_kl_loss(codes, target_sample, k=1, min_distance=1e-6):
     )
 
 
-def _stateless_seed(seed):
-    """A shape-[2] int32 seed for `tf.random.stateless_*` ops.
-
-    An int gives [seed, 0]; None draws one with a stateful op, so it is
-    fresh on every execution, also inside `tf.function`; a tensor (e.g. a
-    `keras.random.SeedGenerator` state) is reduced to int32 as Keras does.
-    """
-    if seed is None:
-        return tf.random.uniform([2], maxval=tf.int32.max, dtype=tf.int32)
-    if isinstance(seed, (int, np.integer)):
-        return tf.constant([int(seed) % (2**31 - 1), 0], tf.int32)
-    seed = tf.convert_to_tensor(seed)
-    if seed.dtype != tf.int32:
-        seed = tf.cast(tf.math.floormod(seed, tf.int32.max - 1), tf.int32)
-    return seed
-
-
-def _uniform(shape, seed):
-    return tf.random.stateless_uniform(shape, seed, dtype=tf.float32)
-
-
-def _balanced_beta_johnk(shape, alpha, seed):
-    """Beta(alpha, alpha) by Johnk's method, for alpha <= 1.
-
-    With U, V ~ U(0, 1], X = U^(1/alpha), Y = V^(1/alpha), the draw
-    X / (X + Y) conditioned on X + Y <= 1 is Beta(alpha, alpha). Acceptance
-    is Gamma(alpha + 1)^2 / Gamma(2 alpha + 1) (0.986 at alpha = 0.1, 0.5
-    at alpha = 1); enough candidates are drawn at once that all are
-    rejected with probability < 1e-12 per value (then the first candidate
-    is used). Logs keep tiny powers from underflowing. Only uniform draws
-    are used, so this compiles under XLA, unlike Gamma sampling.
-    """
-    log_accept = 2.0 * math.lgamma(alpha + 1.0) - math.lgamma(2 * alpha + 1)
-    log_reject = math.log1p(-math.exp(log_accept)) if log_accept < 0 else None
-    tries = 1 if not log_reject else math.ceil(math.log(1e-12) / log_reject)
-    draw_shape = tf.concat([[2, tries], shape], axis=0)
-    # 1 - U is in (0, 1], so the logs are finite.
-    log_xy = ops.log(1.0 - _uniform(draw_shape, seed)) / alpha
-    log_x, log_y = log_xy[0], log_xy[1]
-    log_sum = ops.logaddexp(log_x, log_y)
-    first_accepted = ops.argmax(ops.cast(log_sum <= 0.0, "int32"), axis=0)
-    candidates = ops.exp(log_x - log_sum)
-    return ops.take_along_axis(candidates, first_accepted[None], axis=0)[0]
-
-
-def sample_target_codes(
-    shape, distribution="beta", alpha=0.1, noise_std=0.05, seed=None
-):
-    """Draws codes from a target distribution of independent bits.
-
-    * "beta": Beta(alpha, alpha) per bit: balanced, and near-binary for
-      alpha << 1 (the paper's target). For alpha <= 1 it uses Johnk's
-      method (uniform draws only, compiles under XLA); for alpha > 1 it
-      draws two Gamma(alpha) variates in float64 (Gamma sampling has no XLA
-      kernel: train with `jit_compile=False`).
-    * "bernoulli_noise": a fair coin per bit plus N(0, noise_std^2).
-    * "uniform": U[0, 1) per bit.
-
-    Args:
-        shape: output shape, e.g. (B, d); entries may be tensors.
-        distribution: one of "beta", "bernoulli_noise", "uniform".
-        alpha: Beta parameter, > 0.
-        noise_std: noise standard deviation for "bernoulli_noise", >= 0.
-        seed: None (fresh on every execution), an int (reproducible), or a
-            shape-[2] integer tensor as taken by `tf.random.stateless_*`.
-
-    Returns:
-        float32 tensor of `shape`.
-
-    Raises:
-        ValueError: on an unknown distribution or alpha <= 0.
-    """
-    if distribution not in TARGET_DISTRIBUTIONS:
-        raise ValueError(
-            f"`distribution` must be one of {TARGET_DISTRIBUTIONS}. "
-            f"Received: distribution={distribution!r}"
-        )
-    if not alpha > 0:
-        raise ValueError(f"`alpha` must be > 0. Received: alpha={alpha}")
-    seed = _stateless_seed(seed)
-    shape = tf.cast(tf.convert_to_tensor(shape), tf.int32)
-    if distribution == "uniform":
-        return _uniform(shape, seed)
-    if distribution == "bernoulli_noise":
-        # One draw for coin and noise; the noise is the inverse normal CDF
-        # of the second half. 2u - 1 = -1 (erfinv = -inf) has probability
-        # 2^-24 and is nudged inside.
-        draw = _uniform(tf.concat([[2], shape], axis=0), seed)
-        coins = ops.cast(draw[0] < 0.5, "float32")
-        centred = ops.maximum(2.0 * draw[1] - 1.0, -1.0 + 1e-7)
-        return coins + noise_std * math.sqrt(2.0) * ops.erfinv(centred)
-    if alpha <= 1.0:
-        return _balanced_beta_johnk(shape, float(alpha), seed)
-    seeds = tf.random.experimental.stateless_split(seed, 2)
-    gammas = [
-        tf.random.stateless_gamma(shape, s, alpha=alpha, dtype=tf.float64)
-        for s in (seeds[0], seeds[1])
-    ]
-    return ops.cast(gammas[0] / (gammas[0] + gammas[1]), "float32")
-
-
-# === Keras losses ===
-
-
 # === Across replicas ===
 
 
@@ -586,6 +334,9 @@ def gather_across_replicas(*tensors):
 
 def _local_rows(values, rows):
     return values if rows is None else tf.gather(values, rows)
+
+
+# === Keras losses ===
 
 
 @keras.saving.register_keras_serializable(package="shrewd_tf")

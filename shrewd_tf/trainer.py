@@ -17,6 +17,7 @@ Writes under `config.train.output_dir`:
 import dataclasses
 import logging
 import os
+import sys
 import tempfile
 import time
 
@@ -100,7 +101,8 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         data: optional pre-loaded `inputs.ExperimentData` (to share one load
             between runs); default: `inputs.load_experiment_data`.
         extra_callbacks: more Keras callbacks (after ours).
-        verbose: Keras fit verbosity ("auto": progress bar).
+        verbose: Keras fit verbosity; "auto" is a progress bar on a terminal
+            and one line per epoch otherwise (logs, CI).
 
     Returns:
         TrainResult.
@@ -163,6 +165,8 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         *extra_callbacks,
     ]
     os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+    if verbose == "auto":
+        verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
     history = train_model.fit(
         train_ds,
@@ -170,6 +174,7 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         steps_per_epoch=steps,
         callbacks=callbacks,
         verbose=verbose,
+        shuffle=False,  # the pipeline shuffles, seeded
     )
     wall = time.perf_counter() - start
     save_model_atomically(model, os.path.join(out, "model.keras"))

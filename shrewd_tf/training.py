@@ -13,7 +13,6 @@ The end-to-end `train(config)` lives in `shrewd_tf.trainer`.
 """
 
 import functools
-import logging
 
 import keras
 import tensorflow as tf

@@ -1,5 +1,7 @@
 """Tests for the `shrewd` command line."""
 
+import json
+import os
 import subprocess
 import sys
 
@@ -69,3 +71,57 @@ def test_help_is_fast_and_imports_no_tensorflow():
     )
     assert "setup-wordnet" in result.stdout
     assert "HEAVY []" in result.stdout
+
+
+# === Training subcommands (real Fashion-MNIST subset, tiny model) ===
+
+FASHION_MNIST = "/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"
+needs_fashion_mnist = pytest.mark.skipif(
+    not os.path.exists(FASHION_MNIST),
+    reason="Debian dataset-fashion-mnist is not installed (make install)",
+)
+
+
+def _tiny_config(tmp_path):
+    path = tmp_path / "tiny.yaml"
+    path.write_text(
+        "name: tiny\n"
+        "data: {train_subset: 256, test_subset: 120, validation_subset: 60}\n"
+        "model: {encoder: 'cifar_resnet:8:4', code_bits: 16}\n"
+        "train: {epochs: 1, per_replica_batch_size: 64, eval_every: 0}\n"
+    )
+    return path
+
+
+@needs_fashion_mnist
+def test_train_then_evaluate_reproduces_the_metrics(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    argv = ["train", "--config", str(_tiny_config(tmp_path)),
+            "--set", "loss.losses=SIM-KL", "--output-dir", str(run_dir)]
+    assert cli.main(argv) == 0
+    assert "| model | mAHP@250 float" in capsys.readouterr().out
+    trained = json.loads((run_dir / "metrics.json").read_text())["tiny"]
+    saved = json.loads((run_dir / "config.json").read_text())
+    assert saved["loss"]["losses"] == "SIM-KL"
+    assert cli.main(["evaluate", str(run_dir), "--output", str(tmp_path / "ev")]) == 0
+    evaluated = json.loads((tmp_path / "ev" / "metrics.json").read_text())["tiny"]
+    for key in ("mahp_float", "mahp_binary", "map_binary", "accuracy"):
+        assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
+
+
+@needs_fashion_mnist
+def test_demo_quick_prints_the_table(tmp_path, capsys):
+    assert cli.main(["demo", "--quick", "--output-dir", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "fashion_mnist SIM-KL-CLASS" in out and "mAHP@250 bin" in out
+    assert (tmp_path / "demo" / "model.keras").exists()
+
+
+def test_set_needs_key_value(tmp_path):
+    with pytest.raises(SystemExit, match="key=value"):
+        cli.main(["train", "--set", "train.epochs"])
+
+
+def test_evaluate_names_a_missing_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        cli.main(["evaluate", str(tmp_path)])

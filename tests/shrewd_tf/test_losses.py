@@ -12,7 +12,6 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from scipy import stats
 
 from shrewd_tf import estimators
 from shrewd_tf import losses
@@ -104,54 +103,7 @@ def float32_policy():
     keras.mixed_precision.set_global_policy("float32")
 
 
-# === Pairwise Manhattan distances and their custom gradient ===
-
-
-def test_pairwise_manhattan_matches_naive():
-    rng = np.random.default_rng(0)
-    codes = tf.constant(rng.random((7, 10)), tf.float32)
-    upstream = tf.constant(rng.normal(size=(7, 7)), tf.float32)
-    with tf.GradientTape(persistent=True) as tape:
-        tape.watch(codes)
-        ours = losses.pairwise_manhattan_distances(codes)
-        naive = naive_pairwise_manhattan(codes)
-        ours_sum = tf.reduce_sum(ours * upstream)
-        naive_sum = tf.reduce_sum(naive * upstream)
-    np.testing.assert_allclose(ours, naive, atol=1e-5)
-    np.testing.assert_allclose(
-        tape.gradient(ours_sum, codes),
-        tape.gradient(naive_sum, codes),
-        atol=1e-5,
-    )
-
-
-@pytest.mark.parametrize("jit_compile", [False, True])
-def test_pairwise_manhattan_in_graph_with_unknown_shape(jit_compile):
-    rng = np.random.default_rng(1)
-    codes = rng.random((5, 7))
-    codes[3] = codes[1]  # duplicates: subgradient 0, as tf.abs
-    codes = tf.constant(codes, tf.float32)
-    upstream = tf.constant(rng.normal(size=(5, 5)), tf.float32)
-
-    @tf.function(
-        input_signature=[tf.TensorSpec([None, None], tf.float32)],
-        jit_compile=jit_compile,
-    )
-    def value_and_grad(z):
-        with tf.GradientTape() as tape:
-            tape.watch(z)
-            distances = losses.pairwise_manhattan_distances(z)
-            total = tf.reduce_sum(distances * upstream)
-        return distances, tape.gradient(total, z)
-
-    with tf.GradientTape() as tape:
-        tape.watch(codes)
-        total = tf.reduce_sum(naive_pairwise_manhattan(codes) * upstream)
-    distances, grad = value_and_grad(codes)
-    np.testing.assert_allclose(
-        distances, naive_pairwise_manhattan(codes), atol=1e-5
-    )
-    np.testing.assert_allclose(grad, tape.gradient(total, codes), atol=1e-5)
+# === Similarity matching: gradient ===
 
 
 def test_similarity_gradient_matches_naive_formulation():
@@ -403,44 +355,7 @@ def test_empirical_kl_rejects_bad_arguments():
         )
 
 
-# === Target distributions ===
-
-
-@pytest.mark.parametrize("alpha", [0.1, 0.5, 1.0, 2.0])
-def test_beta_target_matches_scipy_beta(alpha):
-    sample = np.asarray(
-        losses.sample_target_codes((500, 8), "beta", alpha=alpha, seed=1)
-    )
-    assert sample.dtype == np.float32 and sample.shape == (500, 8)
-    assert np.all((sample >= 0) & (sample <= 1))
-    # Kolmogorov-Smirnov distance to scipy's Beta(alpha, alpha) (1% critical
-    # value for n = 4000: 1.63 / sqrt(n) = 0.026), taken over x < 1 - 1e-6:
-    # float32 cannot hold 1 - t for t < 6e-8, so that upper-tail mass (9%
-    # at alpha = 0.1) is rounded to exactly 1.
-    values = np.sort(sample.ravel().astype(np.float64))
-    cdf = stats.beta(alpha, alpha).cdf(values)
-    rank = np.arange(values.size)
-    below = values < 1 - 1e-6
-    statistic = max(
-        np.max(np.abs(rank[below] / values.size - cdf[below])),
-        np.max(np.abs((rank[below] + 1) / values.size - cdf[below])),
-    )
-    assert statistic < 0.026
-
-
-def test_bernoulli_noise_and_uniform_targets():
-    bits = np.asarray(
-        losses.sample_target_codes(
-            (4000, 8), "bernoulli_noise", noise_std=0.05, seed=2
-        )
-    )
-    assert abs(np.mean(bits > 0.5) - 0.5) < 0.02
-    assert abs(np.std(bits - np.round(bits)) - 0.05) < 0.005
-    uniform = np.asarray(losses.sample_target_codes((4000, 8), "uniform"))
-    assert np.all((uniform >= 0) & (uniform < 1))
-    assert abs(uniform.mean() - 0.5) < 0.02
-    with pytest.raises(ValueError, match="distribution='gauss'"):
-        losses.sample_target_codes((2, 2), "gauss")
+# === Target sample of the KL loss ===
 
 
 def test_kl_loss_draws_a_fresh_target_each_call_in_graph():
@@ -449,8 +364,6 @@ def test_kl_loss_draws_a_fresh_target_each_call_in_graph():
     step = tf.function(lambda z: loss(tf.zeros([16]), z))  # y_true unused
     first, second = float(step(codes)), float(step(codes))
     assert first != second
-    unseeded = tf.function(lambda: losses.sample_target_codes((4, 8)))
-    assert not np.allclose(unseeded(), unseeded())
     sample_a = loss.sample_target((4, 8))
     sample_b = loss.sample_target((4, 8))
     assert not np.allclose(sample_a, sample_b)
@@ -493,11 +406,6 @@ def test_similarity_loss_with_embedding_targets(metric):
             embeddings[:, None] - embeddings[None], axis=-1
         )
     np.fill_diagonal(targets, 0.0)
-    np.testing.assert_allclose(
-        losses.pairwise_target_distances(embeddings, metric),
-        targets,
-        atol=1e-5,
-    )
     loss = losses.SimilarityMatchingLoss(target_metric=metric)
     expected, _ = loop_similarity_matching(codes.tolist(), targets.tolist())
     assert float(loss(embeddings, codes)) == pytest.approx(expected, rel=1e-4)

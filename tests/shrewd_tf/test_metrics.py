@@ -8,6 +8,7 @@ import pytest
 from scipy import special
 
 from shrewd_tf import metrics
+from shrewd_tf import ranking
 
 MAHP = metrics.mean_average_hierarchical_precision
 MAP = metrics.mean_average_precision
@@ -134,7 +135,7 @@ def make_case(seed, num_queries, num_db, dim, levels, num_classes):
 # === mAHP / mAP without ties ===
 
 
-@pytest.mark.parametrize("ties", metrics.TIE_MODES)
+@pytest.mark.parametrize("ties", ranking.TIE_MODES)
 def test_no_ties_match_python_loop(ties):
     rng = np.random.default_rng(1)
     # Multiples of 2^-20: L1 sums are exact in float32 and float64.
@@ -268,7 +269,7 @@ def test_random_ties_average_to_aware():
 
 
 @pytest.mark.parametrize("dim", [6, 70, 300])  # 1 word, 2 words, uint16
-@pytest.mark.parametrize("ties", metrics.TIE_MODES)
+@pytest.mark.parametrize("ties", ranking.TIE_MODES)
 def test_binary_path_equals_l1_on_binarised_codes(ties, dim):
     rng = np.random.default_rng(3)
     query, db = rng.random((20, dim)), rng.random((70, dim))
@@ -326,7 +327,7 @@ def test_chunking_does_not_change_results(monkeypatch):
         )
 
     whole = run()
-    monkeypatch.setattr(metrics, "_CHUNK_ENTRIES", 3 * 50)  # 3 per chunk
+    monkeypatch.setattr(ranking, "_CHUNK_ENTRIES", 3 * 50)  # 3 per chunk
     chunked = run()
     assert chunked[0] == pytest.approx(whole[0], abs=1e-12)
     assert chunked[1] == pytest.approx(whole[1], abs=1e-12)

@@ -1,22 +1,23 @@
 """Tests for shrewd_tf.text against a numpy BERT and a python tokenizer.
 
-The numpy forward pass and the Hugging Face-rule tokenizer below are
-written from the BERT paper / HF algorithm descriptions, independently of
-the Keras code: they share only the weights file and vocab.txt.
+The numpy forward pass (tests/shrewd_tf/bert_reference.py) and the Hugging
+Face-rule tokenizer below are written from the BERT paper / HF algorithm
+descriptions, independently of the Keras code: they share only the weights
+file and vocab.txt.
 """
 
 import json
 import unicodedata
 
-import keras
 import numpy as np
 import pytest
-import scipy.special
 import tensorflow as tf
 import tensorflow_text as tf_text
 from safetensors.numpy import load_file
 
+from shrewd_tf import bert
 from shrewd_tf import text
+from tests.shrewd_tf.bert_reference import numpy_bert
 
 LONG_TEXT = " ".join(f"caption{i} of a scene" for i in range(120))
 SENTENCES = [
@@ -35,53 +36,6 @@ SENTENCES = [
 CJK_BLOCKS = [(0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF),
               (0x2A700, 0x2B73F), (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF),
               (0xF900, 0xFAFF), (0x2F800, 0x2FA1F)]
-
-
-def _layer_norm(x, gamma, beta, eps):
-    mean = x.mean(-1, keepdims=True)
-    var = ((x - mean) ** 2).mean(-1, keepdims=True)
-    return (x - mean) / np.sqrt(var + eps) * gamma + beta
-
-
-def _softmax(x):
-    e = np.exp(x - x.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def numpy_bert(ids, w, num_layers=6, num_heads=12, eps=1e-12):
-    """One unpadded sequence through HF BertModel, float64: (states, pooled)."""
-    n = len(ids)
-    x = (w["embeddings.word_embeddings.weight"][ids]
-         + w["embeddings.position_embeddings.weight"][:n]
-         + w["embeddings.token_type_embeddings.weight"][0])
-    x = _layer_norm(x, w["embeddings.LayerNorm.weight"],
-                    w["embeddings.LayerNorm.bias"], eps)
-    hidden = x.shape[1]
-    d = hidden // num_heads
-    for i in range(num_layers):
-        p = f"encoder.layer.{i}."
-
-        def lin(h, name):
-            return h @ w[p + name + ".weight"].T + w[p + name + ".bias"]
-
-        q = lin(x, "attention.self.query").reshape(n, num_heads, d)
-        k = lin(x, "attention.self.key").reshape(n, num_heads, d)
-        v = lin(x, "attention.self.value").reshape(n, num_heads, d)
-        context = np.zeros((n, num_heads, d))
-        for h in range(num_heads):
-            probs = _softmax(q[:, h] @ k[:, h].T / np.sqrt(d))
-            context[:, h] = probs @ v[:, h]
-        attn = lin(context.reshape(n, hidden), "attention.output.dense")
-        x = _layer_norm(x + attn, w[p + "attention.output.LayerNorm.weight"],
-                        w[p + "attention.output.LayerNorm.bias"], eps)
-        inter = lin(x, "intermediate.dense")
-        gelu = 0.5 * inter * (1.0 + scipy.special.erf(inter / np.sqrt(2.0)))
-        x = _layer_norm(x + lin(gelu, "output.dense"),
-                        w[p + "output.LayerNorm.weight"],
-                        w[p + "output.LayerNorm.bias"], eps)
-    pooled = np.tanh(x[0] @ w["pooler.dense.weight"].T
-                     + w["pooler.dense.bias"])
-    return x, pooled
 
 
 def hf_word_pieces(s, vocab):
@@ -373,10 +327,10 @@ def test_config_comes_from_the_model_files(encoder, model_dir):
 
 
 def test_model_is_loaded_once(encoder):
-    before = text.load_bert_encoder.cache_info().hits
+    before = bert.load_bert_encoder.cache_info().hits
     again = text.SentenceEncoder()
     assert again.keras_model is encoder.keras_model
-    assert text.load_bert_encoder.cache_info().hits == before + 1
+    assert bert.load_bert_encoder.cache_info().hits == before + 1
 
 
 def test_encode_validates_arguments(encoder):
@@ -391,103 +345,3 @@ def test_encode_validates_arguments(encoder):
         text.SentenceEncoder(execution="jit")
     with pytest.raises(ValueError, match="max_seq_length=600"):
         text.SentenceEncoder(max_seq_length=600)
-
-
-TINY = text.BertConfig(vocab_size=40, hidden_size=8, num_layers=2,
-                       num_heads=2, intermediate_size=16,
-                       max_position_embeddings=12, max_seq_length=12)
-
-
-def _tiny_inputs():
-    ids = np.array([[2, 5, 7, 3], [2, 9, 3, 0]], np.int32)
-    return {"input_word_ids": ids, "input_mask": (ids > 0).astype(np.int32),
-            "input_type_ids": np.zeros_like(ids)}
-
-
-@pytest.fixture(scope="module")
-def tiny_model():
-    return text.BertEncoder(TINY)
-
-
-def test_bert_encoder_config_round_trip(tiny_model):
-    model = tiny_model
-    clone = keras.saving.deserialize_keras_object(
-        keras.saving.serialize_keras_object(model))
-    clone.set_weights(model.get_weights())
-    assert clone.config == TINY
-    np.testing.assert_allclose(clone(_tiny_inputs())["sequence_output"],
-                               model(_tiny_inputs())["sequence_output"],
-                               atol=1e-6)
-    block = model.get_layer("layer_0")
-    assert text.BertTransformerBlock.from_config(
-        block.get_config()).num_heads == 2
-    with pytest.raises(ValueError, match="num_heads=3"):
-        text.BertTransformerBlock(8, 3, 16, 1e-12)
-
-
-def test_bert_encoder_stays_float32_under_mixed_precision():
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        out = text.BertEncoder(TINY)(_tiny_inputs())
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
-    assert all(v.dtype == tf.float32 for v in out.values())
-
-
-def test_padding_does_not_change_token_states(tiny_model):
-    model = tiny_model
-    full = model(_tiny_inputs())["sequence_output"]
-    single = {k: v[1:, :3] for k, v in _tiny_inputs().items()}
-    np.testing.assert_allclose(model(single)["sequence_output"][0],
-                               full[1, :3], atol=1e-5)
-
-
-def _random_hf_tensors(cfg, seed=0):
-    """HF `BertModel` names -> random float32 arrays shaped for `cfg`."""
-    rng = np.random.default_rng(seed)
-    h, inter = cfg.hidden_size, cfg.intermediate_size
-    shapes = {
-        "embeddings.word_embeddings.weight": (cfg.vocab_size, h),
-        "embeddings.position_embeddings.weight":
-            (cfg.max_position_embeddings, h),
-        "embeddings.token_type_embeddings.weight": (cfg.type_vocab_size, h),
-        "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,),
-    }
-    for ln in ["embeddings.LayerNorm"] + [
-            f"encoder.layer.{i}.{part}.LayerNorm"
-            for i in range(cfg.num_layers)
-            for part in ("attention.output", "output")]:
-        shapes.update({ln + ".weight": (h,), ln + ".bias": (h,)})
-    for i in range(cfg.num_layers):
-        p = f"encoder.layer.{i}."
-        for name, shape in [("attention.self.query", (h, h)),
-                            ("attention.self.key", (h, h)),
-                            ("attention.self.value", (h, h)),
-                            ("attention.output.dense", (h, h)),
-                            ("intermediate.dense", (inter, h)),
-                            ("output.dense", (h, inter))]:
-            shapes.update({p + name + ".weight": shape,
-                           p + name + ".bias": shape[:1]})
-    return {k: rng.normal(scale=0.5, size=s).astype(np.float32)
-            for k, s in shapes.items()}
-
-
-def test_hf_weights_load_with_bert_prefix(tiny_model):
-    tensors = _random_hf_tensors(TINY)
-    text.load_hf_bert_weights(tiny_model,
-                              {"bert." + k: v for k, v in tensors.items()})
-    out = tiny_model(_tiny_inputs())
-    ref = {k: v.astype(np.float64) for k, v in tensors.items()}
-    for i, ids in enumerate([[2, 5, 7, 3], [2, 9, 3]]):
-        states, pooled = numpy_bert(ids, ref, num_layers=2, num_heads=2)
-        np.testing.assert_allclose(out["sequence_output"][i, :len(ids)],
-                                   states, atol=1e-5)
-        np.testing.assert_allclose(out["pooled_output"][i], pooled, atol=1e-5)
-
-    del tensors["encoder.layer.1.output.dense.bias"]
-    with pytest.raises(ValueError, match="output.dense.bias"):
-        text.load_hf_bert_weights(tiny_model, tensors)
-    tensors["encoder.layer.1.output.dense.bias"] = np.zeros(7, np.float32)
-    with pytest.raises(ValueError, match=r"Received: \(7,\)"):
-        text.load_hf_bert_weights(tiny_model, tensors)
