@@ -19,6 +19,8 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from shrewd_tf import class_synsets
+
 logger = logging.getLogger(__name__)
 
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -26,18 +28,8 @@ FASHION_MNIST_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
     "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
 }
-FASHION_MNIST_CLASS_NAMES = (
-    "T-shirt/top",
-    "Trouser",
-    "Pullover",
-    "Dress",
-    "Coat",
-    "Sandal",
-    "Shirt",
-    "Sneaker",
-    "Bag",
-    "Ankle boot",
-)
+# Label order of the IDX files; one table shared with the synset mapping.
+FASHION_MNIST_CLASS_NAMES = class_synsets.FASHION_MNIST_CLASSES
 IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
 IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
 TFDS_NAMES = ("cifar100", "imagenet2012", "fashion_mnist")

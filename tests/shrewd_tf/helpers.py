@@ -42,3 +42,17 @@ def make_data(train=256, test=96, size=12, channels=1, seed=0):
         class_names=["a", "b", "c", "d"],
         class_distances=CLASS_DISTANCES,
     )
+
+
+def numpy_target_distances(embeddings, metric):
+    """Reference pairwise target distances: 1 - cos or Euclidean, zero diagonal."""
+    embeddings = np.asarray(embeddings, np.float64)
+    if metric == "cosine":
+        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        targets = 1.0 - unit @ unit.T
+    else:
+        targets = np.linalg.norm(
+            embeddings[:, None] - embeddings[None], axis=-1
+        )
+    np.fill_diagonal(targets, 0.0)
+    return targets

@@ -1,30 +1,12 @@
 """Tests for the dataset class -> WordNet synset tables."""
 
-from pathlib import Path
 
 import pytest
 
 from shrewd_tf import class_synsets
-from shrewd_tf import semantics
-from shrewd_tf import wordnet_corpus
+from tests.paths import SHARED_REFERENCE
 
-DEBIAN_DIR = Path(wordnet_corpus.DEBIAN_WORDNET_DIR)
-CIFAR_CLASS_NAMES = Path(
-    "/work/shared/reference/cifar100-hierarchy/class_names.txt"
-)
-
-
-@pytest.fixture(scope="session")
-def wordnet(tmp_path_factory):
-    """A reader over a corpus built into the session's temp dir."""
-    if not (DEBIAN_DIR / "data.noun").is_file():
-        pytest.skip(
-            f"Debian WordNet missing in {DEBIAN_DIR}: apt-get install "
-            "wordnet-base wordnet-sense-index"
-        )
-    root = tmp_path_factory.getbasetemp() / "shrewd_nltk_data"
-    wordnet_corpus.build_nltk_wordnet(target_root=root)
-    return semantics.load_wordnet(root)
+CIFAR_CLASS_NAMES = SHARED_REFERENCE / "cifar100-hierarchy" / "class_names.txt"
 
 
 def ancestors(synset):

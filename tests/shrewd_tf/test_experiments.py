@@ -1,7 +1,6 @@
 import json
 
 import numpy as np
-import pytest
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import experiments

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.shrewd_tf import helpers
 from shrewd_tf import estimators
 from shrewd_tf import losses
 
@@ -398,14 +399,7 @@ def test_similarity_loss_with_embedding_targets(metric):
     rng = np.random.default_rng(10)
     embeddings = rng.normal(loc=2.0, size=(6, 9))
     codes = rng.random((6, 4)).astype("float32")
-    if metric == "cosine":
-        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-        targets = 1.0 - unit @ unit.T
-    else:
-        targets = np.linalg.norm(
-            embeddings[:, None] - embeddings[None], axis=-1
-        )
-    np.fill_diagonal(targets, 0.0)
+    targets = helpers.numpy_target_distances(embeddings, metric)
     loss = losses.SimilarityMatchingLoss(target_metric=metric)
     expected, _ = loop_similarity_matching(codes.tolist(), targets.tolist())
     assert float(loss(embeddings, codes)) == pytest.approx(expected, rel=1e-4)

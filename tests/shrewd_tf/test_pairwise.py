@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from tests.shrewd_tf import helpers
 from shrewd_tf import pairwise
 
 
@@ -63,14 +64,7 @@ def test_pairwise_manhattan_in_graph_with_unknown_shape(jit_compile):
 def test_pairwise_target_distances_match_numpy(metric):
     rng = np.random.default_rng(10)
     embeddings = rng.normal(loc=2.0, size=(6, 9))
-    if metric == "cosine":
-        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-        targets = 1.0 - unit @ unit.T
-    else:
-        targets = np.linalg.norm(
-            embeddings[:, None] - embeddings[None], axis=-1
-        )
-    np.fill_diagonal(targets, 0.0)
+    targets = helpers.numpy_target_distances(embeddings, metric)
     np.testing.assert_allclose(
         pairwise.pairwise_target_distances(embeddings, metric),
         targets,
