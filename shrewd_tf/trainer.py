@@ -9,8 +9,9 @@ Writes under `config.train.output_dir`:
 * `checkpoints/epoch-NNN.weights.h5` — weights after every epoch;
 * `logs/` — TensorBoard; `history.csv` — per-epoch losses and retrieval
   metrics;
-* `model.keras` — the trained ShrewdModel (codes + logits), written
-  atomically;
+* `model.keras` — the trained ShrewdModel (codes + logits), its batch-norm
+  statistics recalibrated on training batches (`recalibrate_batch_norm`),
+  written atomically;
 * `metrics.json` / `metrics.md` — the final evaluation on the test split.
 """
 
@@ -30,6 +31,9 @@ from shrewd_tf import models
 from shrewd_tf import training
 
 log = logging.getLogger(__name__)
+
+# Training batches averaged into the batch-norm statistics after fit.
+BATCH_NORM_RECALIBRATION_STEPS = 50
 
 
 @dataclasses.dataclass
@@ -177,6 +181,13 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         shuffle=False,  # the pipeline shuffles, seeded
     )
     wall = time.perf_counter() - start
+    with strategy.scope():
+        recalibrated = training.recalibrate_batch_norm(
+            model,
+            data.train_dataset(global_batch, train_cfg.seed, config.data.augment),
+            steps=BATCH_NORM_RECALIBRATION_STEPS,
+        )
+    log.info("recalibrated %d batch-norm layers", recalibrated)
     save_model_atomically(model, os.path.join(out, "model.keras"))
 
     test_outputs = evaluation.predict_outputs(

@@ -161,3 +161,25 @@ def test_per_replica_mirrored_optimises_mean_of_replica_losses(loss_name):
     single, _ = _fit(tf.distribute.get_strategy(), loss_name, False)
     local, _ = _fit(mirrored, loss_name, False)
     assert not np.allclose(local, single, rtol=1e-4, atol=1e-5)
+
+
+def test_recalibrate_batch_norm_averages_the_batch_statistics():
+    """Moving stats become the exact mean of the batches' statistics."""
+    rng = np.random.default_rng(3)
+    x = (rng.normal(size=(96, 3)) * [1.0, 2.0, 3.0] + [5.0, -1.0, 0.5]).astype(
+        "float32"
+    )
+    inputs = keras.Input((3,))
+    dense = keras.layers.Dense(2, kernel_initializer="ones", use_bias=False)
+    bn = keras.layers.BatchNormalization(momentum=0.99)
+    model = keras.Model(inputs, bn(dense(inputs)))
+    data = tf.data.Dataset.from_tensor_slices(x).batch(32)
+    assert training.recalibrate_batch_norm(model, data, steps=3) == 1
+    h = x @ np.ones((3, 2), np.float32)
+    batches = h.reshape(3, 32, 2)
+    np.testing.assert_allclose(bn.moving_mean, batches.mean(1).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(
+        bn.moving_variance, batches.var(1).mean(0), rtol=1e-4
+    )
+    assert bn.momentum == 0.99  # restored
+    np.testing.assert_allclose(model.get_weights()[0], np.ones((3, 2)))
