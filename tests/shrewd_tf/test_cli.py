@@ -9,15 +9,7 @@ import pytest
 
 from shrewd_tf import cli
 from shrewd_tf import wordnet_corpus
-
-
-def make_fake_source(directory, skip=()):
-    """Tiny stand-ins for the Debian WordNet files."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in wordnet_corpus.WORDNET_DATA_FILES:
-        if name not in skip:
-            (directory / name).write_text(f"fake {name}\n")
-    return directory
+from tests.shrewd_tf.helpers import make_fake_source
 
 
 def test_setup_wordnet_builds_corpus(tmp_path, capsys):

@@ -11,6 +11,7 @@ import pytest
 
 from shrewd_tf import semantics
 from shrewd_tf import wordnet_corpus
+from tests.shrewd_tf.helpers import make_fake_source
 
 DEBIAN_DIR = Path(wordnet_corpus.DEBIAN_WORDNET_DIR)
 LEXNAMES_MAN_PAGE = Path("/usr/share/man/man5/lexnames.5WN.gz")
@@ -30,15 +31,6 @@ def nltk_data_root(tmp_path_factory):
     root = tmp_path_factory.getbasetemp() / "shrewd_nltk_data"
     wordnet_corpus.build_nltk_wordnet(target_root=root)
     return root
-
-
-def make_fake_source(directory, skip=()):
-    """Tiny stand-ins for the Debian files (the build does not parse them)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    for name in wordnet_corpus.WORDNET_DATA_FILES:
-        if name not in skip:
-            (directory / name).write_text(f"fake {name}\n")
-    return directory
 
 
 def test_lexnames_format_and_categories():
