@@ -12,7 +12,7 @@ INSTALL_REQUIRES = [
     "tensorflow-datasets",
     "tensorflow-hub",
     "nltk>=3.9",
-    "apache-beam",
+    "apache-beam[tfrecord]",
     "safetensors",
     "faiss-cpu",
     "numpy",
