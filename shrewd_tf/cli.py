@@ -99,6 +99,21 @@ def _demo(args):
     return demo.run(args.output_dir, quick=args.quick)
 
 
+def _export(args):
+    from shrewd_tf import export
+
+    try:
+        path = export.export_saved_model(
+            args.run_dir, args.export_root, args.model_name,
+            version=args.version,
+        )
+    except (FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"shrewd export: error: {error}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
 def _add_config_arguments(parser, output_default=None):
     parser.add_argument("--config", metavar="FILE", help="JSON/YAML config")
     parser.add_argument(
@@ -185,6 +200,29 @@ def build_parser():
     )
     zero_shot.add_argument("--losses", default="CLASS,SIM-KL-CLASS")
     zero_shot.set_defaults(run=_zero_shot)
+
+    export = commands.add_parser(
+        "export", help="export a run as a TF-Serving SavedModel version",
+        description=(
+            "Write EXPORT_ROOT/MODEL_NAME/VERSION/ (atomically) with the "
+            "serving_default (encoded images) and encode_pixels signatures "
+            "and warm-up requests; prints the version directory."
+        ),
+    )
+    export.add_argument(
+        "--run-dir", required=True, metavar="DIR",
+        help="finished run: model.keras, preprocessing.json, config.json",
+    )
+    export.add_argument(
+        "--export-root", required=True, metavar="DIR",
+        help="TF Serving's model base paths live here",
+    )
+    export.add_argument("--model-name", required=True, metavar="NAME")
+    export.add_argument(
+        "--version", type=int, default=None,
+        help="version number (default: one after the largest existing)",
+    )
+    export.set_defaults(run=_export)
 
     demo = commands.add_parser(
         "demo", help="train SIM-KL-CLASS on Fashion-MNIST and print the table",

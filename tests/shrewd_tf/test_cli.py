@@ -117,3 +117,48 @@ def test_set_needs_key_value(tmp_path):
 def test_evaluate_names_a_missing_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="config.json"):
         cli.main(["evaluate", str(tmp_path)])
+
+
+# === export ===
+
+
+def test_export_prints_the_version_dir_and_serves_grayscale(tmp_path, capsys):
+    import numpy as np
+    import tensorflow as tf
+
+    from tests.shrewd_tf.test_export import keras_codes
+    from tests.shrewd_tf.test_export import make_run_dir
+
+    run_dir = tmp_path / "run"
+    model, mean, std = make_run_dir(
+        run_dir, image_shape=(12, 12, 1), code_bits=8, mean=[80.0],
+        std=[40.0],
+    )
+    root = tmp_path / "exports"
+    argv = ["export", "--run-dir", str(run_dir), "--export-root", str(root),
+            "--model-name", "gray"]
+    assert cli.main(argv) == 0
+    path = capsys.readouterr().out.strip()
+    assert path == str(root / "gray" / "1")
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 12, 12, 1))
+    images = images.astype(np.uint8)
+    served = tf.saved_model.load(path).signatures["serving_default"](
+        images=tf.constant([tf.io.encode_png(im).numpy() for im in images])
+    )
+    expected = keras_codes(model, images, mean, std)
+    np.testing.assert_allclose(served["code"].numpy(), expected, atol=1e-5)
+    np.testing.assert_array_equal(
+        served["bits"].numpy(), np.packbits(served["code"].numpy() > 0.5, 1)
+    )
+
+    assert cli.main(argv + ["--version", "1"]) == 1
+    assert "version=1" in capsys.readouterr().err
+    assert sorted(os.listdir(root / "gray")) == ["1"]
+
+
+def test_export_names_missing_run_files(tmp_path, capsys):
+    argv = ["export", "--run-dir", str(tmp_path), "--export-root",
+            str(tmp_path / "e"), "--model-name", "m"]
+    assert cli.main(argv) == 1
+    assert "model.keras" in capsys.readouterr().err
