@@ -41,6 +41,11 @@ class StagedOutputDir:
         self.path = tempfile.mkdtemp(
             dir=parent, prefix=f".staging-{os.path.basename(self.target)}-"
         )
+        # mkdtemp makes the directory private (0700); the committed output
+        # gets the usual permissions of a new directory instead.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(self.path, 0o777 & ~umask)
         self.committed = False
 
     def commit(self):

@@ -18,8 +18,8 @@ class names, image shape, counts, embedding size).
 
 Example:
     info = DatasetInfo.load("data/fashion_mnist")
-    ds = make_dataset(info.file_pattern("train"), info.image_shape,
-                      embedding_dim=info.embedding_dim)
+    ds = make_dataset(info.file_pattern("train", "data/fashion_mnist"),
+                      info.image_shape, embedding_dim=info.embedding_dim)
 """
 
 import dataclasses
@@ -139,6 +139,11 @@ def from_example(serialized):
     example = tf.train.Example.FromString(serialized)
     feature = example.features.feature
     missing = [n for n in ("id", "image", "label") if n not in feature]
+    if not missing:
+        missing = [n for n, values in (
+            ("image", feature["image"].bytes_list.value),
+            ("label", feature["label"].int64_list.value),
+        ) if not values]
     if missing:
         raise RecordError(f"example lacks features {missing}")
 
@@ -236,14 +241,18 @@ def parse_example(serialized, image_shape, embedding_dim=None):
 
 def make_dataset(file_pattern, image_shape, embedding_dim=None,
                  num_parallel_reads=None, deterministic=True):
-    """Parsed examples from TFRecord shards, in file order.
+    """Parsed examples from TFRecord shards.
+
+    Order: with `num_parallel_reads=1`, file after file in sorted file
+    order; with several reads at once, a round-robin interleave of the
+    files (still the same order every time when `deterministic`).
 
     Args:
-        file_pattern: glob, e.g. `DatasetInfo.file_pattern("train")`.
+        file_pattern: glob, e.g. `DatasetInfo.file_pattern("train", dir)`.
         image_shape: (H, W, C), see `parse_example`.
         embedding_dim: E when the records carry caption embeddings.
-        num_parallel_reads: shards read at once (default: AUTOTUNE).
-        deterministic: keep file order (needed for evaluation).
+        num_parallel_reads: shards read at once (default: up to 8).
+        deterministic: the same order every time (needed for evaluation).
 
     Returns:
         `tf.data.Dataset` of `parse_example` dicts (unbatched).
@@ -334,7 +343,14 @@ class DatasetInfo:
 
     @staticmethod
     def file_pattern_for(directory, split):
-        return os.path.join(directory, f"{split}-*-of-*{SHARD_SUFFIX}")
+        """Glob of `<split>-SSSSS-of-NNNNN.tfrecord` under `directory`.
+
+        Digits only, so split "train" never matches "train-extra-..." shards.
+        """
+        digits = "[0-9]" * 5
+        return os.path.join(
+            directory, f"{split}-{digits}-of-{digits}{SHARD_SUFFIX}"
+        )
 
     def file_pattern(self, split, directory):
         """Glob of the split's shards under `directory`."""

@@ -1,0 +1,188 @@
+"""End-to-end tests of the make_tfrecords job on small generated sources."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from pipeline import make_tfrecords
+from pipeline.dead_letters import read_dead_letters
+from shrewd_tf import data
+from shrewd_tf import datasets
+from tests.pipeline.test_transforms import CLASS_NAMES
+from tests.pipeline.test_transforms import write_captions_folder
+from tests.pipeline.test_transforms import write_fake_fashion_mnist
+from tests.shrewd_tf.test_image_folder import reference_halving
+
+
+def shard_names(directory, split):
+    return sorted(n for n in os.listdir(directory) if n.startswith(split + "-"))
+
+
+def by_id(arrays):
+    """load_split_arrays output -> {id: (image, label, caption)}."""
+    return {
+        i: (arrays["images"][k], int(arrays["labels"][k]),
+            arrays["captions"][k])
+        for k, i in enumerate(arrays["ids"])
+    }
+
+
+def test_fashion_mnist_job(tmp_path):
+    arrays = write_fake_fashion_mnist(str(tmp_path / "idx"))
+    out = tmp_path / "out"
+    assert make_tfrecords.main([
+        "--source", "fashion_mnist", "--data-dir", str(tmp_path / "idx"),
+        "--output-dir", str(out), "--records-per-shard", "4",
+    ]) == 0
+    info = data.DatasetInfo.load(str(out))
+    assert info == data.DatasetInfo(
+        image_shape=(28, 28, 1),
+        class_names=datasets.FASHION_MNIST_CLASS_NAMES,
+        splits={"train": 10, "test": 4}, source="fashion_mnist")
+    assert shard_names(out, "train") == [
+        f"train-0000{s}-of-00003.tfrecord" for s in range(3)]
+    assert shard_names(out, "test") == ["test-00000-of-00001.tfrecord"]
+    for split, (images, labels) in arrays.items():
+        records = by_id(data.load_split_arrays(str(out), split))
+        assert sorted(records) == [
+            f"{split}/{i:05d}" for i in range(len(labels))]
+        for i, label in enumerate(labels):
+            image, got_label, caption = records[f"{split}/{i:05d}"]
+            np.testing.assert_array_equal(image[..., 0], images[i])
+            assert (got_label, caption) == (label, "")
+    assert read_dead_letters(
+        [str(out / "dead_letters-00000-of-00001.jsonl")]) == []
+
+
+def test_fashion_mnist_job_multi_processing_with_resize(tmp_path):
+    """The real DirectRunner engine with 2 worker processes; 28 -> 14 RGB."""
+    arrays = write_fake_fashion_mnist(str(tmp_path / "idx"),
+                                      counts=(("test", 6),))
+    result = make_tfrecords.run([
+        "--source", "fashion_mnist", "--data-dir", str(tmp_path / "idx"),
+        "--splits", "test", "--output-dir", str(tmp_path / "out"),
+        "--image-size", "14,14", "--channels", "3",
+        "--records-per-shard", "2",
+        "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+    ])
+    assert result.splits == {"test": 6} and result.dead_letters == {}
+    assert result.info.image_shape == (14, 14, 3)
+    assert len(shard_names(result.output_dir, "test")) == 3
+    records = by_id(data.load_split_arrays(result.output_dir, "test"))
+    images, _ = arrays["test"]
+    for i in range(6):
+        expected = reference_halving(np.repeat(images[i][..., None], 3, -1))
+        got = records[f"test/{i:05d}"][0].astype(np.int64)
+        assert np.abs(got - expected).max() <= 1
+
+
+def hash_fraction(record_id):
+    import hashlib
+
+    return int(hashlib.sha256(record_id.encode()).hexdigest()[:16], 16) / 16**16
+
+
+def test_captions_job_with_dead_letters(tmp_path):
+    path, good, bad = write_captions_folder(str(tmp_path / "folder"))
+    classes_file = tmp_path / "classes.txt"
+    classes_file.write_text("\n".join(CLASS_NAMES) + "\n")
+    # A test fraction between the two smallest hashes: one good id in test.
+    fractions = sorted(hash_fraction(i) for i in good)
+    test_fraction = (fractions[0] + fractions[1]) / 2
+    result = make_tfrecords.run([
+        "--source", f"captions:{path}", "--output-dir", str(tmp_path / "out"),
+        "--image-size", "8,8", "--class-names-file", str(classes_file),
+        "--test-fraction", str(test_fraction),
+    ])
+    expected_test = {i for i in good if hash_fraction(i) < test_fraction}
+    assert len(expected_test) == 1
+    assert result.splits == {"train": 2, "test": 1}
+    info = data.DatasetInfo.load(result.output_dir)
+    assert (info.source, info.class_names, info.image_shape) == (
+        "captions", CLASS_NAMES, (8, 8, 3))
+
+    found = {}
+    for split in ("train", "test"):
+        records = by_id(data.load_split_arrays(result.output_dir, split))
+        assert (set(records) == expected_test) == (split == "test")
+        found.update(records)
+    assert sorted(found) == sorted(good)
+    for record_id, (label, caption, original) in good.items():
+        image, got_label, got_caption = found[record_id]
+        assert (got_label, got_caption) == (label, caption)
+        # 8x8 RGB files are stored as they are: same pixels as the file.
+        np.testing.assert_array_equal(image, original)
+
+    letters = read_dead_letters(result.dead_letter_files)
+    assert sorted(d.stage for d in letters) == sorted(bad.values())
+    assert all(d.reason.startswith("line ") for d in letters)
+    reasons = {d.id: d.reason for d in letters}
+    assert "not found" in reasons["missing"]
+    assert "label='zebra'" in reasons["zebra"]
+    assert "'caption' is empty" in reasons["nocaption"]
+    expected_counts = {}
+    for stage in bad.values():
+        expected_counts[stage] = expected_counts.get(stage, 0) + 1
+    assert result.dead_letters == expected_counts
+
+
+def test_tfds_job_mocked(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=4):
+        result = make_tfrecords.run([
+            "--source", "tfds:cifar100", "--data-dir", str(tmp_path),
+            "--splits", "train", "--output-dir", str(tmp_path / "out"),
+        ])
+    assert result.splits == {"train": 4}
+    assert result.info.image_shape == (32, 32, 3)
+    assert len(result.info.class_names) == 100
+    arrays = data.load_split_arrays(result.output_dir, "train")
+    assert sorted(arrays["ids"]) == [f"train/{i:05d}" for i in range(4)]
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--source", "mnist"], "Received: --source='mnist'"),
+    (["--source", "fashion_mnist", "--splits", "train,train"], "distinct"),
+    (["--source", "fashion_mnist", "--splits", "a-b"], "split='a-b'"),
+    (["--source", "fashion_mnist", "--splits", "validation"],
+     "split='validation'"),
+    (["--source", "captions:c.csv", "--output-dir", "gs://b/x"], "gs://b/x"),
+])
+def test_bad_arguments(tmp_path, argv, match):
+    if "--output-dir" not in argv:
+        argv = argv + ["--output-dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match=match):
+        make_tfrecords.run(argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_captions_argument_errors(tmp_path):
+    path, _, _ = write_captions_folder(str(tmp_path / "folder"))
+    out = ["--output-dir", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="--image-size"):
+        make_tfrecords.run(["--source", f"captions:{path}"] + out)
+    with pytest.raises(ValueError, match="one or two"):
+        make_tfrecords.run(["--source", f"captions:{path}", "--image-size",
+                            "8,8", "--splits", "a,b,c"] + out)
+    header_only = tmp_path / "bad.csv"
+    header_only.write_text("image,label\n")
+    with pytest.raises(ValueError, match="caption"):
+        make_tfrecords.run(["--source", f"captions:{header_only}",
+                            "--image-size", "8,8"] + out)
+    assert sorted(os.listdir(tmp_path)) == ["bad.csv", "folder"]
+    assert make_tfrecords.main(["--source", f"captions:{tmp_path / 'no.csv'}",
+                                "--image-size", "8,8"] + out) == 2
+
+
+def test_summary_line_lists_splits_and_stages():
+    info = data.DatasetInfo(image_shape=(8, 8, 3), source="captions")
+    result = make_tfrecords.MakeTFRecordsResult(
+        "/o", {"train": 5, "test": 2}, {"read_image": 1, "check_row": 2}, info)
+    line = make_tfrecords._summary(result)
+    assert "train=5 test=2" in line and "check_row=2 read_image=1" in line
+    assert "\n" not in line
+    payload = json.dumps(result.splits)  # plain dict, JSON-able
+    assert json.loads(payload) == {"train": 5, "test": 2}
