@@ -1,0 +1,429 @@
+"""The server: TF Serving's REST and gRPC APIs, retrieval and a web page.
+
+```
+python -m serving --export-root exports --binary-index index/binary \\
+    --image-root data/images --rest-port 8501 --grpc-port 8500
+```
+
+`Server(ServerConfig(...)).start()` loads the models (`serving.models`) and
+indexes (`shrewd_tf.index.load_index`), then answers REST on `rest_port`
+(`serving.rest`) and gRPC on `grpc_port` (`serving.grpc_service`), each on
+its own threads, until `stop()`. `serve(config)` does the same and blocks
+until SIGINT / SIGTERM. Ports 0 pick free ports (read them back from
+`server.rest_port` / `server.grpc_port`).
+"""
+
+import argparse
+import dataclasses
+import logging
+import signal
+import threading
+import urllib.parse
+
+# TensorFlow, faiss and ScaNN load in `Server.start`, so a CLI can import
+# this module (add_arguments, ServerConfig) cheaply.
+DEFAULT_SIGNATURE = "serving_default"
+
+
+@dataclasses.dataclass(frozen=True)
+class ServerConfig:
+    """What to serve and the limits.
+
+    Attributes:
+        export_root: folder of `<model name>/<int version>/` SavedModels
+            (None: serve no models; image search needs `encoder_url`).
+        model_names: names under export_root to serve (None: all).
+        encoder_url: REST URL of a TF Serving server that encodes search
+            images (`:predict` forwarded there) instead of a local model.
+        encoder_signature: signature taking image bytes, for search.
+        search_model: model used for image search requests without
+            "model" (None: the only model served, if there is one).
+        binary_index: directory of a saved `BinaryHammingIndex`.
+        float_index: directory of a saved `ScannIndex`.
+        image_root: folder the web page's images are served from
+            (metadata image_uri resolved inside it; None: no images).
+        host: address to bind; 127.0.0.1 (loopback only) by default.
+        rest_port: REST port (0: any free port).
+        grpc_port: gRPC port (0: any free port; None: no gRPC).
+        poll_interval_s: seconds between scans for new model versions.
+        max_request_bytes: largest request body / message accepted (bytes).
+        max_batch_size: largest first dimension of a predict input.
+        max_k: largest k of a search request.
+        encoder_timeout_s: timeout of a forwarded encoder request (s).
+        request_timeout_s: socket timeout of a REST connection (s).
+        grpc_workers: threads answering gRPC calls.
+        warmup: replay `assets.extra/tf_serving_warmup_requests` on load.
+    """
+
+    export_root: str = None
+    model_names: tuple = None
+    encoder_url: str = None
+    encoder_signature: str = DEFAULT_SIGNATURE
+    search_model: str = None
+    binary_index: str = None
+    float_index: str = None
+    image_root: str = None
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    poll_interval_s: float = 2.0
+    max_request_bytes: int = 8 * 2**20
+    max_batch_size: int = 64
+    max_k: int = 1000
+    encoder_timeout_s: float = 10.0
+    request_timeout_s: float = 30.0
+    grpc_workers: int = 8
+    warmup: bool = True
+
+    def __post_init__(self):
+        for name in (
+            "max_request_bytes",
+            "max_batch_size",
+            "max_k",
+            "grpc_workers",
+        ):
+            value = getattr(self, name)
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int)
+                or value < 1
+            ):
+                raise ValueError(
+                    f"`{name}` must be a positive integer. "
+                    f"Received: {name}={value!r}"
+                )
+        for name in (
+            "poll_interval_s",
+            "encoder_timeout_s",
+            "request_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ValueError(
+                    f"`{name}` must be > 0. "
+                    f"Received: {name}={getattr(self, name)!r}"
+                )
+        has_index = bool(self.binary_index or self.float_index)
+        if self.export_root is None and not has_index:
+            raise ValueError(
+                "Nothing to serve: give export_root and/or an index "
+                "(binary_index, float_index)."
+            )
+        if self.encoder_url is not None:
+            parsed = urllib.parse.urlparse(self.encoder_url)
+            if parsed.scheme not in ("http", "https") or not parsed.netloc:
+                raise ValueError(
+                    "`encoder_url` must be an http(s) URL like "
+                    "http://host:8501. "
+                    f"Received: encoder_url={self.encoder_url!r}"
+                )
+            if not has_index:
+                raise ValueError(
+                    "`encoder_url` encodes images for /v1/search only: give "
+                    f"binary_index or float_index. Received: encoder_url="
+                    f"{self.encoder_url!r} without an index"
+                )
+
+
+def _load_indexes(config):
+    """{"binary": index, "float": index} from the configured directories."""
+    from serving.retrieval import BINARY
+    from serving.retrieval import FLOAT
+    from shrewd_tf.index import load_index
+
+    indexes = {}
+    for mode, directory, index_type in (
+        (BINARY, config.binary_index, "binary_hamming"),
+        (FLOAT, config.float_index, "scann"),
+    ):
+        if directory is None:
+            continue
+        index = load_index(directory)
+        if index.index_type != index_type:
+            raise ValueError(
+                f"The {mode} index must be a {index_type!r} index. Received: "
+                f"{directory} holds {index.index_type!r}"
+            )
+        logging.info(
+            "Loaded %s index %s (%d codes)", mode, directory, len(index)
+        )
+        indexes[mode] = index
+    return indexes
+
+
+class _DefaultModel:
+    """The search model: configured, or the only model served."""
+
+    def __init__(self, name, repository):
+        self.name, self.repository = name, repository
+
+    def __call__(self):
+        if self.name or self.repository is None:
+            return self.name
+        names = self.repository.model_names_served()
+        return names[0] if len(names) == 1 else None
+
+
+class Server:
+    """REST + gRPC server over a `ServerConfig`; `start()` / `stop()`.
+
+    Attributes (after start):
+        rest_port: bound REST port.
+        grpc_port: bound gRPC port, or None.
+        repository: `ModelRepository` or None.
+        search: `SearchService` or None.
+    """
+
+    def __init__(self, config):
+        self.config = config
+        self.repository = None
+        self.search = None
+        self.rest_port = None
+        self.grpc_port = None
+        self._rest = None
+        self._rest_thread = None
+        self._grpc = None
+        self._stopped = threading.Event()
+
+    def start(self):
+        """Loads models and indexes, binds the ports, starts answering.
+
+        Raises:
+            ValueError, IndexFormatError, OSError: on a bad index or an
+                address in use; whatever started is stopped again.
+        """
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self):
+        from serving.encoders import LocalEncoder
+        from serving.encoders import RemoteEncoder
+        from serving.models import ModelRepository
+        from serving.rest import RestApi
+        from serving.rest import make_rest_server
+        from serving.retrieval import SearchService
+
+        config = self.config
+        if config.export_root is not None:
+            self.repository = ModelRepository(
+                config.export_root,
+                model_names=config.model_names,
+                poll_interval_s=config.poll_interval_s,
+                warmup=config.warmup,
+            ).start()
+        indexes = _load_indexes(config)
+        if config.encoder_url is not None:
+            encoder = RemoteEncoder(
+                config.encoder_url,
+                config.encoder_signature,
+                config.encoder_timeout_s,
+            )
+        elif self.repository is not None:
+            encoder = LocalEncoder(self.repository, config.encoder_signature)
+        else:
+            encoder = None
+        if indexes:
+            self.search = SearchService(
+                indexes,
+                encoder=encoder,
+                default_model=_DefaultModel(
+                    config.search_model, self.repository
+                ),
+                max_k=config.max_k,
+                image_root=config.image_root,
+            )
+        api = RestApi(self.repository, self.search, config.max_batch_size)
+        self._rest = make_rest_server(
+            api,
+            config.host,
+            config.rest_port,
+            config.max_request_bytes,
+            config.request_timeout_s,
+        )
+        self.rest_port = self._rest.server_address[1]
+        self._rest_thread = threading.Thread(
+            target=self._rest.serve_forever, name="rest-server", daemon=True
+        )
+        self._rest_thread.start()
+        if config.grpc_port is not None and self.repository is not None:
+            from serving.grpc_service import make_grpc_server
+
+            self._grpc, self.grpc_port = make_grpc_server(
+                self.repository,
+                config.host,
+                config.grpc_port,
+                config.max_request_bytes,
+                config.max_batch_size,
+                config.grpc_workers,
+            )
+            self._grpc.start()
+        logging.info(
+            "Serving REST on http://%s:%d%s",
+            config.host,
+            self.rest_port,
+            (
+                f", gRPC on {config.host}:{self.grpc_port}"
+                if self.grpc_port
+                else ""
+            ),
+        )
+        return self
+
+    def stop(self, grace_s=1.0):
+        """Stops answering and polling; in-flight gRPC calls get `grace_s`."""
+        if self._grpc is not None:
+            self._grpc.stop(grace_s).wait()
+            self._grpc = None
+        if self._rest is not None:
+            self._rest.shutdown()
+            self._rest.server_close()
+            self._rest_thread.join()
+            self._rest = None
+        if self.repository is not None:
+            self.repository.stop()
+            self.repository = None
+        self._stopped.set()
+
+    def wait(self):
+        """Blocks until `stop()`."""
+        self._stopped.wait()
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+
+def serve(config):
+    """Runs the server until SIGINT / SIGTERM (for `shrewd serve`).
+
+    Returns:
+        0 (the exit code).
+    """
+    server = Server(config).start()
+
+    def stop(signum, frame):
+        logging.info("Signal %d: stopping", signum)
+        threading.Thread(target=server.stop, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, stop)
+    server.wait()
+    return 0
+
+
+# === Command line ===
+
+
+def add_arguments(parser):
+    """Adds the ServerConfig options (dashed, like `shrewd`) to a parser."""
+    defaults = {f.name: f.default for f in dataclasses.fields(ServerConfig)}
+    parser.add_argument(
+        "--export-root",
+        metavar="DIR",
+        help="folder of <model>/<version>/ SavedModels",
+    )
+    parser.add_argument(
+        "--model-names",
+        nargs="+",
+        metavar="NAME",
+        help="models to serve (default: every folder under --export-root)",
+    )
+    parser.add_argument(
+        "--encoder-url",
+        metavar="URL",
+        help="TF Serving REST URL (http://host:8501) that encodes search "
+        "images, instead of a local model",
+    )
+    parser.add_argument("--encoder-signature", default=DEFAULT_SIGNATURE)
+    parser.add_argument(
+        "--search-model",
+        metavar="NAME",
+        help="model for image searches (default: the only model served)",
+    )
+    parser.add_argument(
+        "--binary-index", metavar="DIR", help="saved BinaryHammingIndex"
+    )
+    parser.add_argument(
+        "--float-index", metavar="DIR", help="saved ScannIndex"
+    )
+    parser.add_argument(
+        "--image-root",
+        metavar="DIR",
+        help="folder the database images are served from "
+        "(image_uri inside it)",
+    )
+    parser.add_argument("--host", default=defaults["host"])
+    parser.add_argument("--rest-port", type=int, default=defaults["rest_port"])
+    parser.add_argument(
+        "--grpc-port",
+        type=int,
+        default=defaults["grpc_port"],
+        help="gRPC port; -1 disables gRPC (default: %(default)s)",
+    )
+    for name, kind in (
+        ("poll_interval_s", float),
+        ("max_request_bytes", int),
+        ("max_batch_size", int),
+        ("max_k", int),
+        ("encoder_timeout_s", float),
+        ("request_timeout_s", float),
+        ("grpc_workers", int),
+    ):
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            default=defaults[name],
+            help="(default: %(default)s)",
+        )
+    parser.add_argument(
+        "--no-warmup", action="store_true", help="skip the warmup requests"
+    )
+    return parser
+
+
+def config_from_args(args):
+    """ServerConfig from parsed `add_arguments` options."""
+    return ServerConfig(
+        export_root=args.export_root,
+        model_names=tuple(args.model_names) if args.model_names else None,
+        encoder_url=args.encoder_url,
+        encoder_signature=args.encoder_signature,
+        search_model=args.search_model,
+        binary_index=args.binary_index,
+        float_index=args.float_index,
+        image_root=args.image_root,
+        host=args.host,
+        rest_port=args.rest_port,
+        grpc_port=None if args.grpc_port < 0 else args.grpc_port,
+        poll_interval_s=args.poll_interval_s,
+        max_request_bytes=args.max_request_bytes,
+        max_batch_size=args.max_batch_size,
+        max_k=args.max_k,
+        encoder_timeout_s=args.encoder_timeout_s,
+        request_timeout_s=args.request_timeout_s,
+        grpc_workers=args.grpc_workers,
+        warmup=not args.no_warmup,
+    )
+
+
+def main(argv=None):
+    """`python -m serving ...`; returns the exit code."""
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m serving", description=__doc__.split("\n")[0]
+        )
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s"
+    )
+    try:
+        config = config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    return serve(config)
