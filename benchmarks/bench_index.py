@@ -18,22 +18,29 @@ returned and exact distances, over k (ids are arbitrary among ties).
         --nlists 2000                                    # ~6.5 min
     python benchmarks/bench_index.py --n 10000000 --queries 200 \\
         --kind clustered --nlists 4000 --skip_hnsw --skip_scann
+                                                         # ~55 min, loaded
+    python benchmarks/bench_index.py --n 10000000 --queries 200 \\
+        --kind clustered --nlists 1000 --skip_mih --skip_hnsw \\
+        --skip_scann --repeats 7                         # ~4 min
 
 At 1M the IVF training (~70 s for nlist=2000) and the HNSW build (~120 s)
 dominate on one thread; the default nlist (2 sqrt(N) = 2000 at 1M) is what
---nlists 2000 pins. The 10M run was not measured here; extrapolating
-from 1M: skip HNSW (single-thread build ~20 min) and ScaNN (brute-force
-reference ~13 queries/s); the codes take 2.6 GiB as float32, the flat
-reference runs ~35 queries/s per thread, IVF training ~5 min, and the mih
-nflip=2 rows are the slowest (20-30 min in all; use --threads on a bigger
-machine). Timings are wall clock on a shared machine: each search is
-repeated `--repeats` times, interleaved, and the best is reported for raw
-faiss and our flat path (their ratio is the point); sweeps run once.
+--nlists 2000 pins. At 10M (measured, 1 thread): the float32 codes take
+2.6 GiB and the process peaks at 3.3 GiB (printed at the end); the flat
+scan runs ~33 queries/s; IVF training costs 256 nlist^2 code-centroid
+distances per k-means pass (nlist=1000: 72 s; nlist=4000: ~6 CPU-min, 24
+min wall at load 8); the mih rows (nflip up to 2, nhash=8) take ~15 min,
+hence --skip_mih; HNSW (single-thread build ~20 min) and ScaNN
+(brute-force reference ~13 queries/s) are skipped. Timings are wall clock
+on a shared machine: each search is repeated `--repeats` times,
+interleaved, and the best is reported for raw faiss and our flat path
+(their ratio is the point); sweeps run once.
 """
 
 import argparse
 import logging
 import os
+import resource
 import shutil
 import tempfile
 import time
@@ -228,7 +235,7 @@ def run_kind(kind, args, scratch):
             build_s = None
 
     # --- multi-index hashing ---
-    for nhash in (4, 8):
+    for nhash in () if args.skip_mih else (4, 8):
         start = time.perf_counter()
         mih = hamming_index.BinaryHammingIndex(
             CODE_BITS, "mih", nhash=nhash, num_threads=args.threads
@@ -345,6 +352,7 @@ def main(argv=None):
         help="IVF list counts to try (default: the index default 2 sqrt(N))",
     )
     parser.add_argument("--hnsw_m", type=int, default=32)
+    parser.add_argument("--skip_mih", action="store_true")
     parser.add_argument("--skip_hnsw", action="store_true")
     parser.add_argument("--skip_scann", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
@@ -357,6 +365,9 @@ def main(argv=None):
             run_kind(kind, args, scratch)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+    # Linux reports ru_maxrss in KiB.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(f"peak resident memory {peak / 2**30:.2f} GiB")
     return 0
 
 

@@ -1,0 +1,301 @@
+"""Beam job: encode a TFRecord split with a SavedModel and index the codes.
+
+    python -m pipeline.build_index --tfrecord-dir data/fmnist \\
+        --saved-model exports/shrewd --output-dir indexes/fmnist \\
+        [--split test] [--index both|binary|scann] [--binary-method flat] \\
+        [--no-rerank] [--direct_num_workers=2 \\
+         --direct_running_mode=multi_processing]
+
+The Beam pipeline reads the split's shards, encodes the images in parallel
+(`pipeline.bulk_encode.EncodeImages`, the SavedModel loaded once per
+worker) and writes the codes with their metadata as TFRecord shards plus
+the dead letters into a staging copy of `<output-dir>/codes/`. After the
+pipeline, one process reads the codes back, builds the indexes
+(`shrewd_tf.index_builder.build_indexes`), saves them to
+`<output-dir>/binary/` and `<output-dir>/scann/` (each save atomic: a
+server reloading them sees the old or the new index), and only then swaps
+the new `codes/` in. A job that fails leaves the previous output as it was.
+
+Dead-letter stages: "parse_example" (a record that is no valid Example),
+"encode_image" (the signature rejected the image bytes) and
+"nonfinite_code" (NaN or inf in the code). A job in which no image could be
+encoded raises ValueError quoting the first dead letters. Bad index flags
+fail before the pipeline starts (except those that depend on N, e.g.
+nlist > N, which fail at the build and leave the old output).
+
+Scale: the encoding runs on any Beam runner, but the staging and swap of
+`codes/` use local paths (`pipeline.outputs`), so `--output-dir` must be
+on a file system the workers share. The index build is one process holding
+the float codes two to three times over (4 d bytes each: read, sorted, and
+kept by the binary index when re-ranking): about 8 GB for 10M 64-d codes.
+"""
+
+import argparse
+import dataclasses
+import glob
+import json
+import logging
+import os
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import bulk_encode
+from pipeline.dead_letters import DEAD_LETTER_TAG
+from pipeline.dead_letters import WriteDeadLetters
+from pipeline.dead_letters import dead_letter
+from pipeline.dead_letters import dead_letter_counts
+from pipeline.dead_letters import read_dead_letters
+from pipeline.outputs import StagedOutputDir
+from shrewd_tf import data
+from shrewd_tf import index_builder
+from shrewd_tf.config import write_text_atomically
+
+log = logging.getLogger(__name__)
+
+PARSE_STAGE = "parse_example"
+CODES_INFO_VERSION = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildIndexResult:
+    """What a `build_index` run made.
+
+    Attributes:
+        output_dir: the job's output directory.
+        saved_model_dir: the SavedModel version directory used.
+        num_codes: codes indexed.
+        code_dim: code length d.
+        dead_letters: {stage: count}.
+        index_dirs: {kind: saved index directory}.
+    """
+
+    output_dir: str
+    saved_model_dir: str
+    num_codes: int
+    code_dim: int
+    dead_letters: dict
+    index_dirs: dict
+
+
+# === Transforms ===
+
+
+class _ParseRecord(beam.DoFn):
+    def process(self, serialized):
+        try:
+            record = data.from_example(serialized)
+            data.validate_record(record)
+        except Exception as error:  # noqa: BLE001 (any bad record)
+            yield dead_letter(
+                f"<{len(serialized)} bytes>", PARSE_STAGE, repr(error)
+            )
+            return
+        yield record
+
+
+class ReadImageRecords(beam.PTransform):
+    """TFRecord shards -> (`ImageRecord`s, dead letters of bad examples)."""
+
+    def __init__(self, file_pattern):
+        super().__init__()
+        self.file_pattern = file_pattern
+
+    def expand(self, pipeline):
+        results = (
+            pipeline
+            | "Read" >> beam.io.ReadFromTFRecord(self.file_pattern)
+            | "Parse" >> beam.ParDo(_ParseRecord()).with_outputs(
+                DEAD_LETTER_TAG, main="records"
+            )
+        )
+        return results.records, results[DEAD_LETTER_TAG]
+
+
+class WriteCodes(beam.PTransform):
+    """`EncodedRecord`s -> `<directory>/codes-SSSSS-of-NNNNN.tfrecord`.
+
+    One `tf.train.Example` per code (`index_builder.code_example`); counted
+    in the Beam metric `shrewd/codes_written`.
+    """
+
+    def __init__(self, directory, num_shards=0):
+        super().__init__()
+        self.directory = directory
+        self.num_shards = num_shards
+
+    def expand(self, encoded):
+        counter = beam.metrics.Metrics.counter("shrewd", "codes_written")
+
+        def serialize(record):
+            counter.inc()
+            return index_builder.code_example(
+                record.id, record.code, record.metadata
+            )
+
+        return (
+            encoded
+            | "Serialize" >> beam.Map(serialize)
+            | "Write" >> beam.io.WriteToTFRecord(
+                os.path.join(self.directory, index_builder.CODES_PREFIX),
+                file_name_suffix=data.SHARD_SUFFIX,
+                num_shards=self.num_shards,
+            )
+        )
+
+
+# === Job ===
+
+
+def codes_written(pipeline_result):
+    """The `shrewd/codes_written` counter of a finished pipeline."""
+    query = pipeline_result.metrics().query(
+        beam.metrics.MetricsFilter()
+        .with_namespace("shrewd")
+        .with_name("codes_written")
+    )
+    return sum(int(c.committed or c.attempted or 0) for c in query["counters"])
+
+
+def build(
+    tfrecord_dir,
+    saved_model,
+    output_dir,
+    split="test",
+    kinds=index_builder.INDEX_KINDS,
+    binary_method="flat",
+    rerank=True,
+    binary_params=None,
+    scann_params=None,
+    num_threads=1,
+    signature="serving_default",
+    output_key="code",
+    batch_size=256,
+    image_uri_prefix="",
+    codes_shards=0,
+    pipeline_args=None,
+    test_pipeline=None,
+):
+    """Runs the job; see `index_builder.build_index_from_tfrecords`.
+
+    Returns:
+        `BuildIndexResult`.
+
+    Raises:
+        FileNotFoundError: no dataset_info.json or no SavedModel.
+        KeyError: `split` is not in the TFRecord directory.
+        ValueError: bad signature, kinds or index parameters, or no image
+            could be encoded.
+    """
+    kinds = index_builder.parse_kinds(kinds)
+    info = data.DatasetInfo.load(tfrecord_dir)
+    file_pattern = info.file_pattern(split, tfrecord_dir)
+    # Resolved and checked before any work (fails fast, one version).
+    encode = bulk_encode.EncodeImages(
+        saved_model,
+        signature=signature,
+        output_key=output_key,
+        max_batch_size=batch_size,
+        image_uri_prefix=image_uri_prefix,
+    )
+    # Bad index flags fail now, not after encoding the whole split.
+    code_shape = encode.signature_info.outputs[output_key]
+    index_builder.new_indexes(
+        code_shape[-1] if code_shape and code_shape[-1] else 8,
+        kinds,
+        binary_method=binary_method,
+        rerank=rerank,
+        binary_params=binary_params,
+        scann_params=scann_params,
+        num_threads=num_threads,
+    )
+    codes_target = os.path.join(output_dir, index_builder.CODES_DIR)
+    with StagedOutputDir(codes_target) as staged:
+        pipeline = test_pipeline or beam.Pipeline(
+            options=PipelineOptions(pipeline_args or [])
+        )
+        records, parse_dead = pipeline | "ReadRecords" >> ReadImageRecords(
+            file_pattern
+        )
+        encoded, encode_dead = records | "Encode" >> encode
+        encoded | "WriteCodes" >> WriteCodes(staged.path, codes_shards)
+        (
+            (parse_dead, encode_dead)
+            | "FlattenDeadLetters" >> beam.Flatten()
+            | "WriteDeadLetters" >> WriteDeadLetters(
+                os.path.join(staged.path, "dead_letters")
+            )
+        )
+        result = pipeline.run()
+        result.wait_until_finish()
+        dead_letters = dead_letter_counts(result)
+        if codes_written(result) == 0:
+            letters = read_dead_letters(
+                glob.glob(os.path.join(staged.path, "dead_letters-*"))
+            )
+            raise ValueError(
+                f"No image of {file_pattern} could be encoded. Dead "
+                f"letters: {dead_letters}; first: {letters[:3]}"
+            )
+
+        ids, codes, metadata = index_builder.read_codes(staged.path)
+        index_dirs = index_builder.build_indexes(
+            codes,
+            ids,
+            output_dir,
+            metadata=metadata,
+            kinds=kinds,
+            binary_method=binary_method,
+            rerank=rerank,
+            binary_params=binary_params,
+            scann_params=scann_params,
+            num_threads=num_threads,
+        )
+        codes_info = {
+            "format_version": CODES_INFO_VERSION,
+            "tfrecord_dir": os.path.abspath(tfrecord_dir),
+            "split": split,
+            "saved_model_dir": encode.saved_model_dir,
+            "signature": signature,
+            "output_key": output_key,
+            "count": int(len(ids)),
+            "code_dim": int(codes.shape[1]),
+            "dead_letters": dead_letters,
+            "indexes": sorted(index_dirs),
+        }
+        write_text_atomically(
+            os.path.join(staged.path, index_builder.CODES_INFO_FILE),
+            json.dumps(codes_info, indent=2, sort_keys=True) + "\n",
+        )
+        staged.commit()
+    log.info(
+        "indexed %d codes of %s/%s; dead letters %s",
+        len(ids), tfrecord_dir, split, dead_letters,
+    )
+    return BuildIndexResult(
+        output_dir=output_dir,
+        saved_model_dir=encode.saved_model_dir,
+        num_codes=int(len(ids)),
+        code_dim=int(codes.shape[1]),
+        dead_letters=dead_letters,
+        index_dirs=index_dirs,
+    )
+
+
+def run(argv=None, test_pipeline=None):
+    """Parses the job's flags (runner flags pass through) and runs it."""
+    parser = index_builder.add_build_arguments(
+        argparse.ArgumentParser(description=__doc__)
+    )
+    args, pipeline_args = parser.parse_known_args(argv)
+    return build(
+        **index_builder.build_kwargs(args),
+        pipeline_args=pipeline_args,
+        test_pipeline=test_pipeline,
+    )
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    result = run()
+    print(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
