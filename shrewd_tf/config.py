@@ -37,9 +37,13 @@ class DataConfig:
 
     Attributes:
         dataset: "fashion_mnist" (Debian IDX files), "cifar100",
-            "imagenet2012" (tfds, prepared under `data_dir`) or "tfrecords".
-        data_dir: tfds data_dir or IDX directory; None uses the default.
-        tfrecord_pattern: file glob for dataset="tfrecords".
+            "imagenet2012" (tfds, prepared under `data_dir`) or "tfrecords"
+            (a directory written by `python -m pipeline.make_tfrecords`).
+        data_dir: tfds data_dir, IDX directory, or the TFRecord directory
+            (with `dataset_info.json`); None uses the default.
+        tfrecord_pattern: not read (kept for old configs; setting it is an
+            error): dataset="tfrecords" reads the shards that
+            `dataset_info.json` in `data_dir` describes.
         image_size: resize images to (H, W); None keeps the native size.
         train_subset: use only the first N training images (None: all).
         test_subset: use only the first N test images (None: all).
@@ -49,9 +53,14 @@ class DataConfig:
         holdout_classes: class ids removed from training, for zero-shot.
         semantics: target distances: "wup" (1 - Wu-Palmer on WordNet),
             "lcs" (LCS height on `hierarchy_file`), "bert" (cosine distance
-            of sentence embeddings of WordNet definitions), "captions".
+            of sentence embeddings of WordNet definitions), "captions"
+            (1 - cosine between the records' caption embeddings; no class
+            distances, dataset="tfrecords" only).
         hierarchy_file: Barz & Denzler `parent child` edge list for "lcs".
         class_names_file: `id name` lines mapping tree nodes to class ids.
+        class_synsets_file: WordNet synset names ("dog.n.01"), one per line
+            in label order, for "wup"/"bert" on classes that are neither a
+            known dataset nor named by synsets.
     """
 
     dataset: str = "fashion_mnist"
@@ -66,6 +75,7 @@ class DataConfig:
     semantics: str = "wup"
     hierarchy_file: str | None = None
     class_names_file: str | None = None
+    class_synsets_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,9 @@ class ModelConfig:
         weight_decay: Keras L2 factor on conv and dense kernels (the loss
             gets weight_decay * sum(w**2)). PyTorch's coupled
             `weight_decay=1e-4` (the paper's setting) is L2 factor 5e-5.
-        regression_dim: width of the REG head (caption embedding size).
+        regression_dim: width of the REG head; must equal the caption
+            embedding size E (None: E of the data when the loss set has
+            REG, no head otherwise).
     """
 
     encoder: str = "resnet20"

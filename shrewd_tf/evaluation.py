@@ -7,15 +7,35 @@ database (`exclude_self=True`). mAHP@250 is reported on float codes
 mAP@250 on binarised codes (as in the paper's tables, plus float);
 accuracy of the (detached or attached) classification head; the binary
 entropy of the codes (Kozachenko-Leonenko, nats).
+
+Caption supervision (records with caption embeddings e_i; the paper's
+Conceptual Captions protocol, Table 4), same query/database protocol:
+
+* caption mAHP@250: mAHP with instance similarity s(i, j) =
+  clip(cos(e_i, e_j), 0, 1): every item is its own "class" and the ideal
+  ranking is the database sorted by caption similarity to the query;
+* Kendall tau-b: for query i, tau-b between the code distances
+  D(z_i, z_j) (L1 on float codes, Hamming on binary codes) and the caption
+  distances 1 - cos(e_i, e_j) over all database items j != i; averaged
+  over queries (those where tau-b is defined: codes not all at the same
+  distance). 1: codes rank the database exactly as the captions do.
 """
 
 import json
+import logging
 import os
 
 import numpy as np
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import metrics
+
+log = logging.getLogger(__name__)
+
+# Queries of the per-query Kendall tau (evenly spaced over the test set,
+# each against the whole database): scipy's tau-b costs ~10 ms per query
+# over 10k items on one core.
+KENDALL_QUERIES = 1000
 
 # Column order of the markdown table and its headers.
 TABLE_COLUMNS = (
@@ -24,6 +44,10 @@ TABLE_COLUMNS = (
     ("map_binary", "mAP@250 bin"),
     ("map_float", "mAP@250 float"),
     ("accuracy", "accuracy"),
+    ("mahp_caption_float", "caption mAHP@250 float"),
+    ("mahp_caption_binary", "caption mAHP@250 bin"),
+    ("kendall_tau_float", "Kendall tau float"),
+    ("kendall_tau_binary", "Kendall tau bin"),
     ("binary_entropy", "binary entropy (nats)"),
     ("unique_codes", "unique codes"),
     ("wall_seconds", "train wall (s)"),
@@ -39,51 +63,245 @@ def predict_outputs(model, dataset):
 
 
 def retrieval_metrics(
-    codes, labels, class_similarity, k=250, logits=None, ties="aware"
+    codes, labels, class_similarity, k=250, logits=None, ties="aware",
+    embeddings=None, kendall_queries=KENDALL_QUERIES,
 ):
     """All code-quality metrics of one model on one query/database set.
 
     Args:
         codes: float [N, d] codes of the evaluation images.
-        labels: int [N] their classes.
-        class_similarity: float [C, C], 1 - class distance.
-        k: retrieval cut-off.
-        logits: optional float [N, C] classification outputs (accuracy).
+        labels: int [N] their classes, or None (unlabelled: no class
+            metrics).
+        class_similarity: float [C, C], 1 - class distance, or None (no
+            class mAHP, e.g. semantics="captions").
+        k: retrieval cut-off (capped at N - 1).
+        logits: optional float [N, C] classification outputs (accuracy;
+            needs labels).
         ties: tie handling for binary rankings (see `metrics`).
+        embeddings: optional float [N, E] caption embeddings: adds the
+            caption metrics (`caption_retrieval_metrics`).
+        kendall_queries: queries of the Kendall tau (None: all).
 
     Returns:
-        dict of floats: mahp_float, mahp_binary, map_float, map_binary,
-        binary_entropy, unique_codes, code_mean, bit_balance and, with
-        logits, accuracy.
+        dict of floats: binary_entropy, unique_codes, code_mean,
+        bit_balance; with labels map_float, map_binary (and accuracy with
+        logits); with labels and class_similarity mahp_float, mahp_binary;
+        with embeddings mahp_caption_float, mahp_caption_binary,
+        kendall_tau_float, kendall_tau_binary.
     """
     codes = np.asarray(codes, np.float32)
-    labels = np.asarray(labels, np.int64)
-    k = min(k, len(labels) - 1)
+    k = min(k, len(codes) - 1)
     common = dict(exclude_self=True, ties=ties)
-    result = {
-        "mahp_float": metrics.mean_average_hierarchical_precision(
-            codes, labels, codes, labels, class_similarity, k=k, **common
-        ),
-        "mahp_binary": metrics.mean_average_hierarchical_precision(
-            codes, labels, codes, labels, class_similarity, k=k,
-            binary=True, **common
-        ),
-        "map_float": metrics.mean_average_precision(
+    result = {}
+    if labels is not None:
+        labels = np.asarray(labels, np.int64)
+        if class_similarity is not None:
+            for name, binary in (("mahp_float", False), ("mahp_binary", True)):
+                result[name] = metrics.mean_average_hierarchical_precision(
+                    codes, labels, codes, labels, class_similarity, k=k,
+                    binary=binary, **common
+                )
+        result["map_float"] = metrics.mean_average_precision(
             codes, labels, codes, labels, k=k, **common
-        ),
-        "map_binary": metrics.mean_average_precision(
+        )
+        result["map_binary"] = metrics.mean_average_precision(
             codes, labels, codes, labels, k=k, binary=True, **common
-        ),
-        "binary_entropy": metrics.binary_entropy(codes),
-    }
+        )
+    if embeddings is not None:
+        result.update(
+            caption_retrieval_metrics(
+                codes, embeddings, k=k, ties=ties,
+                kendall_queries=kendall_queries,
+            )
+        )
+    result["binary_entropy"] = metrics.binary_entropy(codes)
     bits = codes > 0.5
     result["unique_codes"] = float(len(np.unique(np.packbits(bits, axis=1), axis=0)))
     # How binary and how balanced the codes are (1.0 / 0.5 at best).
     result["code_mean"] = float(codes.mean())
     result["bit_balance"] = float(bits.mean())
-    if logits is not None:
+    if logits is not None and labels is not None:
         predicted = np.argmax(np.asarray(logits), axis=1)
         result["accuracy"] = float(np.mean(predicted == labels))
+    return result
+
+
+def experiment_metrics(data, outputs, k=250, kendall_queries=KENDALL_QUERIES):
+    """`retrieval_metrics` of a model's test outputs with what `data` has.
+
+    Args:
+        data: `inputs.ExperimentData`; its test split is the query/database
+            set: labels only when labelled, class similarity only with class
+            distances, caption metrics when it has test embeddings.
+        outputs: {output: array} on `data.test_images` (`predict_outputs`).
+        k, kendall_queries: as in `retrieval_metrics`.
+    """
+    similarity = (
+        None if data.class_distances is None else 1.0 - data.class_distances
+    )
+    return retrieval_metrics(
+        outputs["code"],
+        data.test_labels if data.labelled else None,
+        similarity,
+        k=k,
+        logits=outputs.get("logits") if data.labelled else None,
+        embeddings=data.test_embeddings,
+        kendall_queries=kendall_queries,
+    )
+
+
+# === Caption supervision ===
+
+
+def _unit_rows(embeddings):
+    """float64 [N, E] rows scaled to unit L2 norm (zero rows stay 0)."""
+    embeddings = np.asarray(embeddings, np.float64)
+    if embeddings.ndim != 2 or not np.all(np.isfinite(embeddings)):
+        raise ValueError(
+            "embeddings must be a finite [N, E] array. Received: "
+            f"shape={embeddings.shape}"
+        )
+    norms = np.linalg.norm(embeddings, axis=1, keepdims=True)
+    return embeddings / np.maximum(norms, 1e-12)
+
+
+def caption_similarity_matrix(embeddings, chunk_rows=1024):
+    """Instance similarity s_ij = clip(cos(e_i, e_j), 0, 1), float64 [N, N].
+
+    Built in row chunks (float32 products) into one float64 array, so the
+    peak is 8 N^2 bytes (0.8 GB at N = 10,000). The diagonal is 1.
+    """
+    unit = _unit_rows(embeddings).astype(np.float32)
+    n = unit.shape[0]
+    similarity = np.empty((n, n), np.float64)
+    for start in range(0, n, chunk_rows):
+        similarity[start : start + chunk_rows] = (
+            unit[start : start + chunk_rows] @ unit.T
+        )
+    np.clip(similarity, 0.0, 1.0, out=similarity)
+    np.fill_diagonal(similarity, 1.0)
+    return similarity
+
+
+def _query_rows(num_items, max_queries):
+    if max_queries is None or max_queries >= num_items:
+        return np.arange(num_items)
+    return np.unique(
+        np.linspace(0, num_items - 1, int(max_queries)).round().astype(int)
+    )
+
+
+def kendall_tau_per_query(codes, embeddings, binary=False, queries=None):
+    """Kendall tau-b between code and caption rankings, per query.
+
+    For query i: tau-b (`metrics.kendall_tau`) between the code distances
+    to every other item j != i (L1 between float codes, or Hamming between
+    binarised codes `code > 0.5` with `binary`) and the caption distances
+    1 - cos(e_i, e_j).
+
+    Args:
+        codes: float [N, d]; embeddings: float [N, E]; N >= 3.
+        binary: rank binary codes by Hamming distance.
+        queries: int indices of the queries (default: all N).
+
+    Returns:
+        float64 [Q]: tau-b per query, nan where undefined (all code or all
+        caption distances equal).
+
+    Raises:
+        ValueError: mismatched shapes or fewer than 3 items.
+    """
+    codes = np.asarray(codes, np.float32)
+    unit = _unit_rows(embeddings)
+    if codes.ndim != 2 or codes.shape[0] != unit.shape[0] or len(codes) < 3:
+        raise ValueError(
+            "codes [N, d] and embeddings [N, E] must have the same N >= 3. "
+            f"Received: codes.shape={codes.shape}, "
+            f"embeddings.shape={unit.shape}"
+        )
+    points = (codes > 0.5) if binary else codes.astype(np.float64)
+    queries = np.arange(len(codes)) if queries is None else np.asarray(queries)
+    taus = np.empty(len(queries))
+    for row, i in enumerate(queries):
+        if binary:
+            code_distances = np.count_nonzero(points != points[i], axis=1)
+        else:
+            code_distances = np.abs(points - points[i]).sum(axis=1)
+        caption_distances = 1.0 - np.clip(unit @ unit[i], -1.0, 1.0)
+        others = np.arange(len(codes)) != i
+        taus[row] = metrics.kendall_tau(
+            code_distances[others].astype(np.float64),
+            caption_distances[others],
+        )
+    return taus
+
+
+def mean_kendall_tau(codes, embeddings, binary=False, max_queries=None):
+    """Mean over queries of `kendall_tau_per_query` (nan ones left out).
+
+    Args:
+        max_queries: use this many queries, evenly spaced over the items
+            (None: all); each still ranks the whole database.
+
+    Returns:
+        float in [-1, 1]; nan if tau-b is undefined for every query.
+    """
+    taus = kendall_tau_per_query(
+        codes, embeddings, binary, _query_rows(len(codes), max_queries)
+    )
+    defined = taus[np.isfinite(taus)]
+    if defined.size < taus.size:
+        log.warning(
+            "Kendall tau undefined for %d of %d queries (all code distances "
+            "equal); they are left out of the mean",
+            taus.size - defined.size, taus.size,
+        )
+    return float(defined.mean()) if defined.size else float("nan")
+
+
+def caption_retrieval_metrics(codes, embeddings, k=250, ties="aware",
+                              kendall_queries=KENDALL_QUERIES):
+    """Caption-supervised retrieval metrics (see the module docstring).
+
+    Queries = database, each query excluded from its own database.
+
+    Args:
+        codes: float [N, d].
+        embeddings: float [N, E] caption embeddings.
+        k: mAHP cut-off (capped at N - 1).
+        ties: tie handling of the mAHP rankings (see `metrics`).
+        kendall_queries: queries of the Kendall tau (None: all N).
+
+    Returns:
+        dict: mahp_caption_float, mahp_caption_binary (mAHP@k with
+        s(i, j) = clip(cos(e_i, e_j), 0, 1)), kendall_tau_float,
+        kendall_tau_binary.
+
+    Memory: the [N, N] float64 similarity, 8 N^2 bytes.
+    """
+    codes = np.asarray(codes, np.float32)
+    embeddings = np.asarray(embeddings)
+    if embeddings.ndim != 2 or embeddings.shape[0] != codes.shape[0]:
+        raise ValueError(
+            "embeddings must be [N, E] for codes [N, d]. Received: "
+            f"embeddings.shape={embeddings.shape}, codes.shape={codes.shape}"
+        )
+    k = min(k, len(codes) - 1)
+    similarity = caption_similarity_matrix(embeddings)
+    items = np.arange(len(codes))  # every item is its own "class"
+    result = {}
+    for name, binary in (("float", False), ("binary", True)):
+        result[f"mahp_caption_{name}"] = (
+            metrics.mean_average_hierarchical_precision(
+                codes, items, codes, items, similarity, k=k, binary=binary,
+                ties=ties, exclude_self=True,
+            )
+        )
+    del similarity
+    for name, binary in (("float", False), ("binary", True)):
+        result[f"kendall_tau_{name}"] = mean_kendall_tau(
+            codes, embeddings, binary, kendall_queries
+        )
     return result
 
 
@@ -161,8 +379,11 @@ def evaluate_run(run_dir, output_dir=None, k=250):
     """Re-evaluates a finished run on its test split.
 
     Loads `run_dir/config.json` and `run_dir/model.keras`, computes the
-    retrieval metrics and writes metrics.json / metrics.md to `output_dir`
-    (default: `run_dir`). Returns the metrics dict.
+    retrieval metrics (`experiment_metrics`: class metrics when labelled,
+    caption metrics for records with caption embeddings) and writes
+    metrics.json / metrics.md to `output_dir` (default: `run_dir`).
+    Returns the metrics dict (without the training-time entries such as
+    wall_seconds).
     """
     import keras
 
@@ -181,9 +402,6 @@ def evaluate_run(run_dir, output_dir=None, k=250):
     data = inputs.load_experiment_data(config.data)
     model = keras.models.load_model(model_path)
     outputs = predict_outputs(model, data.eval_dataset(data.test_images))
-    result = retrieval_metrics(
-        outputs["code"], data.test_labels, 1.0 - data.class_distances, k=k,
-        logits=outputs.get("logits"),
-    )
+    result = experiment_metrics(data, outputs, k=k)
     write_metrics({config.name: result}, output_dir or run_dir)
     return result

@@ -68,9 +68,10 @@ def make_strategy(name="auto"):
     Raises:
         ValueError: an unknown name.
     """
-    gpus = tf.config.list_logical_devices("GPU")
     if name == "auto":
-        if len(gpus) > 1:
+        # Listing devices initialises the runtime: only here, so that
+        # "virtual_cpus:<n>" can still configure the CPU in a fresh process.
+        if len(tf.config.list_logical_devices("GPU")) > 1:
             return tf.distribute.MirroredStrategy()
         return tf.distribute.get_strategy()
     if name == "default":
@@ -164,16 +165,32 @@ def make_optimizer(train_config, num_replicas=1, steps_per_epoch=1):
 # === Losses of eq. 1 ===
 
 
-def loss_weights(loss_config):
+def loss_weights(loss_config, labelled=True):
     """Weights of the active terms of eq. 1, by model output.
 
     With L_sim on: sim 1, KL lambda1, CLASS/REG lambda2. Without L_sim the
     remaining weights are rescaled so the largest is 1 (KL-CLASS: 1 and 1,
     CLASS: 1), which keeps the loss on the scale the L2 regulariser and the
-    optimiser's defaults expect. The detached classification head (CLASS
-    off) is still trained, with weight 1: its gradient stops at the code.
+    optimiser's defaults expect. With labelled data and CLASS off, the
+    detached classification head is still trained, with weight 1 (REG sets
+    included): its gradient stops at the code, and it gives the accuracy.
+    Unlabelled data has no classification head.
+
+    Args:
+        loss_config: `config.LossConfig`.
+        labelled: whether the data has class labels.
+
+    Raises:
+        ValueError: CLASS in the loss set with `labelled=False`.
     """
     terms = loss_config.terms
+    if "class" in terms and not labelled:
+        raise ValueError(
+            f"Loss set {loss_config.losses!r} includes CLASS, which needs "
+            "class labels, but the data is unlabelled (label -1, no class "
+            "names). Use a caption loss set: SIM, SIM-KL, SIM-KL-REG or REG. "
+            f"Received: losses={loss_config.losses!r}"
+        )
     raw = {}
     if "sim" in terms:
         raw[CODE_OUTPUT] = 1.0
@@ -186,27 +203,32 @@ def loss_weights(loss_config):
     if "sim" not in terms:
         top = max(raw.values())
         raw = {name: weight / top for name, weight in raw.items()}
-    if "class" not in terms and "reg" not in terms:
+    if "class" not in terms and labelled:
         raw[LOGITS_OUTPUT] = 1.0  # the detached head
     return raw
 
 
-def make_losses(loss_config, class_distances=None, seed=None):
+def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
     """Keras losses keyed by model output (see `loss_weights`).
 
     Args:
         loss_config: `config.LossConfig`.
         class_distances: [C, C] target distances for integer labels; None
-            when targets are embeddings (cosine distance).
+            when the similarity targets are caption embeddings (cosine
+            distance).
         seed: seed of the KL target sampler.
+        labelled: whether the data has class labels (cross-entropy on
+            `logits` only then).
     """
     terms = loss_config.terms
+    weights = loss_weights(loss_config, labelled)
     losses = {}
     if "sim" in terms:
         losses[CODE_OUTPUT] = losses_lib.SimilarityMatchingLoss(
             gamma=loss_config.gamma,
             rho=loss_config.rho,
             class_distances=class_distances,
+            target_metric="cosine",
             cross_replica=loss_config.cross_replica,
         )
     if "kl" in terms:
@@ -221,7 +243,7 @@ def make_losses(loss_config, class_distances=None, seed=None):
         losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(
             name="regression"
         )
-    if "class" in terms or "reg" not in terms:
+    if LOGITS_OUTPUT in weights:
         losses[LOGITS_OUTPUT] = keras.losses.SparseCategoricalCrossentropy(
             from_logits=True, name="cross_entropy"
         )
@@ -243,40 +265,112 @@ def with_kl_output(model):
 
 
 def compile_shrewd_model(model, config, class_distances, num_replicas=1,
-                         steps_per_epoch=1):
+                         steps_per_epoch=1, labelled=True):
     """Builds the training model and compiles it with eq. 1.
 
     Call inside `strategy.scope()`. Returns the training model (the code
     output appears twice, see `with_kl_output`); `model` itself is what
     gets exported.
+
+    Args:
+        model: a ShrewdModel; it must have the outputs the losses need
+            (`logits` when labelled, `embedding` for REG).
+        config: `config.ExperimentConfig`.
+        class_distances: [C, C], or None for caption-embedding targets.
+        num_replicas, steps_per_epoch: for the optimiser's schedule.
+        labelled: whether the data has class labels.
+
+    Raises:
+        ValueError: a loss for an output the model lacks.
     """
     train_model = with_kl_output(model)
-    losses = make_losses(config.loss, class_distances, seed=config.train.seed)
-    weights = loss_weights(config.loss)
+    losses = make_losses(
+        config.loss, class_distances, seed=config.train.seed,
+        labelled=labelled,
+    )
+    missing = sorted(set(losses) - set(train_model.output))
+    if missing:
+        raise ValueError(
+            f"Loss set {config.loss.losses!r} needs model outputs "
+            f"{missing}. Received: outputs {sorted(train_model.output)}"
+        )
+    weights = loss_weights(config.loss, labelled)
     jit = config.train.jit_compile
     if isinstance(jit, str) and jit != "auto":
         jit = jit.lower() in ("1", "true", "yes")
+    metrics = {}
+    if LOGITS_OUTPUT in train_model.output:
+        metrics[LOGITS_OUTPUT] = ["sparse_categorical_accuracy"]
     train_model.compile(
         optimizer=make_optimizer(config.train, num_replicas, steps_per_epoch),
         loss=losses,
         loss_weights={name: weights[name] for name in losses},
-        metrics={LOGITS_OUTPUT: ["sparse_categorical_accuracy"]},
+        metrics=metrics,
         jit_compile=jit,
     )
     return train_model
 
 
-def targets_for(output_names):
-    """Maps (image, label) batches to (image, {output: label}).
+def target_sources(output_names, caption_targets, labelled):
+    """Which target each output trains on: {output: "labels"|"embeddings"}.
 
-    Every output gets the same targets; outputs without a loss ignore them.
+    The code (similarity loss) gets caption embeddings when
+    `caption_targets` (semantics="captions") and labels otherwise; the
+    regression output `embedding` gets embeddings; `logits` gets labels;
+    `code_kl` ignores its target and gets whichever exists.
+
+    Raises:
+        ValueError: an output that needs labels when `labelled` is False.
+    """
+    from shrewd_tf import inputs  # pylint: disable=import-outside-toplevel
+
+    labels, embeddings = inputs.LABEL_TARGETS, inputs.EMBEDDING_TARGETS
+    sources = {}
+    for name in output_names:
+        if name == EMBEDDING_OUTPUT:
+            sources[name] = embeddings
+        elif name == KL_OUTPUT:
+            sources[name] = labels if labelled else embeddings
+        elif name == CODE_OUTPUT and caption_targets:
+            sources[name] = embeddings
+        else:
+            sources[name] = labels
+    needs_labels = sorted(n for n, s in sources.items() if s == labels)
+    if needs_labels and not labelled:
+        raise ValueError(
+            f"Outputs {needs_labels} train on class labels, but the data is "
+            "unlabelled. Received: caption_targets="
+            f"{caption_targets}, outputs {list(output_names)}"
+        )
+    return sources
+
+
+def targets_for(output_names, sources=None):
+    """Maps (images, targets) batches to (images, {output: target}).
+
+    Without `sources` every output gets the same targets (integer labels
+    [B]; outputs without a loss ignore them). With `sources` (from
+    `target_sources`), targets is a dict {"labels": int64 [B],
+    "embeddings": float32 [B, E]} and each output gets its entry.
     """
     names = tuple(output_names)
+    if sources is None:
 
-    def split(images, labels):
-        return images, {name: labels for name in names}
+        def split(images, labels):
+            return images, {name: labels for name in names}
 
-    return split
+        return split
+    missing = [name for name in names if name not in sources]
+    if missing:
+        raise ValueError(
+            f"No target source for outputs {missing}. Received: "
+            f"sources={sources}"
+        )
+
+    def pick(images, targets):
+        return images, {name: targets[sources[name]] for name in names}
+
+    return pick
 
 
 # === Batch-norm statistics ===

@@ -35,7 +35,7 @@ def test_train_writes_artefacts_and_reloads(tmp_path):
     result = trainer.train(tiny_config(tmp_path), data=data, verbose=0)
     out = result.output_dir
     for name in ("config.json", "model.keras", "metrics.json", "metrics.md",
-                 "history.csv"):
+                 "history.csv", "preprocessing.json"):
         assert os.path.exists(os.path.join(out, name)), name
     assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == [
         "epoch-001.weights.h5", "epoch-002.weights.h5"
@@ -59,6 +59,16 @@ def test_train_writes_artefacts_and_reloads(tmp_path):
         reloaded(images)["code"], result.model(images)["code"], atol=1e-5
     )
     assert result.test_outputs["code"].shape == (len(data.test_labels), 16)
+    # preprocessing.json: the model's input is (x - mean) / std of uint8 x.
+    payload = json.load(open(os.path.join(out, "preprocessing.json")))
+    assert payload["image_shape"] == [12, 12, 1]
+    pixels = data.train_images.reshape(-1, 1).astype(np.float64)
+    np.testing.assert_allclose(payload["mean"], pixels.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(payload["std"], pixels.std(0), rtol=1e-5)
+    expected = (data.test_images[:8] - np.array(payload["mean"])) / np.array(
+        payload["std"]
+    )
+    np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
 
 
 class _KillAt(keras.callbacks.Callback):
@@ -144,3 +154,112 @@ def test_train_under_mirrored_strategy(tmp_path, cross_replica):
     assert result.metrics["replicas"] == 2
     for key in ("code_loss", "code_kl_loss", "logits_loss"):
         assert np.isfinite(result.history[key][0]), key
+
+
+# === From TFRecord directories ===
+
+
+def tfrecord_run_config(tmp_path, directory, **overrides):
+    values = {
+        "data.dataset": "tfrecords",
+        "data.data_dir": str(directory),
+        "train.epochs": 1,
+        "train.steps_per_epoch": 3,
+        "model.code_bits": 16,
+        # XLA compiling the step costs more than the 3 steps on CPU.
+        "train.jit_compile": "false",
+    }
+    values.update(overrides)
+    return tiny_config(tmp_path, **values)
+
+
+CAPTION_METRICS = (
+    "mahp_caption_float", "mahp_caption_binary", "kendall_tau_float",
+    "kendall_tau_binary",
+)
+
+
+def test_sim_kl_reg_trains_on_unlabelled_captions(tmp_path):
+    """The paper's Conceptual Captions setting end to end: no labels, SIM on
+    caption-embedding distances, KL, REG regressing the embeddings."""
+    from shrewd_tf import evaluation
+
+    directory = tmp_path / "records"
+    helpers.write_tfrecord_dir(directory, labelled=False, train=128, test=64)
+    cfg = tfrecord_run_config(
+        tmp_path, directory,
+        **{"data.semantics": "captions", "loss.losses": "SIM-KL-REG"},
+    )
+    result = trainer.train(cfg, verbose=0)
+    assert sorted(result.model.output) == ["code", "embedding"]
+    assert result.model.output["embedding"].shape[-1] == 16  # = E
+    for key in ("code_loss", "code_kl_loss", "embedding_loss",
+                "val_mahp_caption_binary", "val_kendall_tau_float"):
+        assert np.isfinite(result.history[key][0]), key
+    saved = json.load(open(os.path.join(result.output_dir, "metrics.json")))
+    metrics = saved["tiny"]
+    for key in CAPTION_METRICS + ("binary_entropy",):
+        assert np.isfinite(metrics[key]), key
+    assert 0.0 <= metrics["mahp_caption_binary"] <= 1.0
+    assert -1.0 <= metrics["kendall_tau_float"] <= 1.0
+    for key in ("accuracy", "map_binary", "mahp_float"):
+        assert key not in metrics
+    assert "caption mAHP@250 float" in open(
+        os.path.join(result.output_dir, "metrics.md")
+    ).read()
+    preprocessing = json.load(
+        open(os.path.join(result.output_dir, "preprocessing.json"))
+    )
+    assert preprocessing["image_shape"] == [8, 8, 1]
+    # Re-evaluating the saved run gives the same caption metrics.
+    again = evaluation.evaluate_run(
+        result.output_dir, output_dir=str(tmp_path / "eval")
+    )
+    for key in CAPTION_METRICS:
+        assert again[key] == pytest.approx(metrics[key], abs=1e-4), key
+
+
+def test_class_losses_on_unlabelled_records_are_refused(tmp_path):
+    directory = tmp_path / "records"
+    helpers.write_tfrecord_dir(
+        directory, labelled=False, train=32, test=16, size=4
+    )
+    cfg = tfrecord_run_config(
+        tmp_path, directory,
+        **{"data.semantics": "captions", "loss.losses": "SIM-KL-CLASS"},
+    )
+    with pytest.raises(ValueError, match="'SIM-KL-CLASS' includes CLASS"):
+        trainer.train(cfg, verbose=0)
+    assert not os.path.exists(cfg.train.output_dir)
+
+
+def write_tree(tmp_path):
+    """A 2-level tree over the 4 helper classes: {a, b} and {c, d}."""
+    hierarchy = tmp_path / "tree.txt"
+    hierarchy.write_text("r ab\nr cd\nab a\nab b\ncd c\ncd d\n")
+    names = tmp_path / "names.txt"
+    names.write_text("a a\nb b\nc c\nd d\n")
+    return {"data.semantics": "lcs", "data.hierarchy_file": str(hierarchy),
+            "data.class_names_file": str(names)}
+
+
+def test_labelled_tfrecords_train_with_class_losses(tmp_path):
+    directory = tmp_path / "records"
+    helpers.write_tfrecord_dir(directory, train=128, test=64)
+    cfg = tfrecord_run_config(
+        tmp_path, directory,
+        **{"loss.losses": "SIM-KL-CLASS", **write_tree(tmp_path)},
+    )
+    result = trainer.train(cfg, verbose=0)
+    assert "logits" in result.model.output
+    # SIM on the LCS class distances of the labels, CLASS attached.
+    for key in ("code_loss", "code_kl_loss", "logits_loss", "val_mahp_binary"):
+        assert np.isfinite(result.history[key][0]), key
+    metrics = json.load(
+        open(os.path.join(result.output_dir, "metrics.json"))
+    )["tiny"]
+    for key in ("mahp_float", "mahp_binary", "map_binary", "accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0, key
+    # The records carry captions, so the caption metrics come too.
+    for key in CAPTION_METRICS:
+        assert np.isfinite(metrics[key]), key

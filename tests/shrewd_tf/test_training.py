@@ -49,7 +49,12 @@ def test_precision_policy(float32_policy):
         # Without L_sim: rescaled so the largest weight is 1.
         ("KL-CLASS", {"code_kl": 1.0, "logits": 1.0}),
         ("CLASS", {"logits": 1.0}),
-        ("SIM-KL-REG", {"code": 1.0, "code_kl": 0.01, "embedding": 0.01}),
+        # Labelled caption data: the detached head still learns (accuracy).
+        (
+            "SIM-KL-REG",
+            {"code": 1.0, "code_kl": 0.01, "embedding": 0.01, "logits": 1.0},
+        ),
+        ("REG", {"embedding": 1.0, "logits": 1.0}),
     ],
 )
 def test_loss_weights_follow_eq_1(losses, expected):
@@ -58,6 +63,83 @@ def test_loss_weights_follow_eq_1(losses, expected):
     assert set(training.make_losses(cfg, np.ones((2, 2)) - np.eye(2))) == set(
         expected
     )
+
+
+@pytest.mark.parametrize(
+    "losses, expected",
+    [
+        ("SIM-KL-REG", {"code": 1.0, "code_kl": 0.01, "embedding": 0.01}),
+        ("SIM-KL", {"code": 1.0, "code_kl": 0.01}),
+        ("REG", {"embedding": 1.0}),
+    ],
+)
+def test_unlabelled_data_has_no_classification_loss(losses, expected):
+    cfg = config_lib.LossConfig(losses=losses)
+    assert training.loss_weights(cfg, labelled=False) == pytest.approx(expected)
+    made = training.make_losses(cfg, None, labelled=False)
+    assert set(made) == set(expected)
+    if "code" in made:  # caption targets: cosine distances of embeddings
+        assert made["code"].class_distances is None
+        assert made["code"].target_metric == "cosine"
+
+
+@pytest.mark.parametrize("losses", ["CLASS", "SIM-KL-CLASS", "KL-CLASS"])
+def test_class_losses_need_labels(losses):
+    cfg = config_lib.LossConfig(losses=losses)
+    with pytest.raises(ValueError, match=f"losses='{losses}'"):
+        training.loss_weights(cfg, labelled=False)
+
+
+def test_target_sources():
+    outputs = ["code", "logits", "embedding", "code_kl"]
+    assert training.target_sources(outputs, True, True) == {
+        "code": "embeddings", "logits": "labels", "embedding": "embeddings",
+        "code_kl": "labels",
+    }
+    # Class distances for the code, captions for the regression head.
+    assert training.target_sources(outputs, False, True)["code"] == "labels"
+    assert training.target_sources(
+        ["code", "embedding", "code_kl"], True, False
+    ) == {"code": "embeddings", "embedding": "embeddings", "code_kl": "embeddings"}
+    with pytest.raises(ValueError, match="unlabelled"):
+        training.target_sources(["code", "logits"], True, False)
+    with pytest.raises(ValueError, match="unlabelled"):
+        training.target_sources(["code"], False, False)
+
+
+def test_targets_for_picks_each_outputs_target():
+    labels = tf.constant([1, 2], tf.int64)
+    embeddings = tf.constant([[1.0, 0.0], [0.0, 1.0]])
+    images = tf.zeros((2, 3))
+    same = training.targets_for(["code", "logits"])
+    _, targets = same(images, labels)
+    assert targets["code"] is labels and targets["logits"] is labels
+    sources = {"code": "embeddings", "logits": "labels", "code_kl": "labels"}
+    pick = training.targets_for(["code", "logits", "code_kl"], sources)
+    _, targets = pick(images, {"labels": labels, "embeddings": embeddings})
+    assert targets["code"] is embeddings
+    assert targets["logits"] is labels and targets["code_kl"] is labels
+    with pytest.raises(ValueError, match="embedding"):
+        training.targets_for(["code", "embedding"], {"code": "labels"})
+
+
+def test_compile_without_logits_for_unlabelled_data():
+    from shrewd_tf import models
+
+    cfg = config_lib.ExperimentConfig().with_overrides(
+        {"loss.losses": "SIM-KL-REG", "model.code_bits": 8}
+    )
+    model = models.build_shrewd_model(
+        "cifar_resnet", (8, 8, 1), None, code_bits=8, regression_dim=4,
+        encoder_kwargs={"depth": 8, "base_filters": 2},
+    )
+    train_model = training.compile_shrewd_model(
+        model, cfg, None, labelled=False
+    )
+    assert sorted(train_model.output) == ["code", "code_kl", "embedding"]
+    # A labelled run needs the logits head the model lacks.
+    with pytest.raises(ValueError, match="logits"):
+        training.compile_shrewd_model(model, cfg, None, labelled=True)
 
 
 def test_optimizers_follow_the_paper():
