@@ -294,13 +294,21 @@ class SavedModelEncoderHandler(inference_base.ModelHandler):
 # === Transform ===
 
 
+def image_uri(record_id, image_uri_prefix=""):
+    """`prefix + id`, or the prefix as a template when it holds "{id}"
+    (e.g. "images/{id}.png")."""
+    if "{id}" in image_uri_prefix:
+        return image_uri_prefix.replace("{id}", record_id)
+    return image_uri_prefix + record_id
+
+
 def record_metadata(record, image_uri_prefix=""):
     """The metadata columns of an `ImageRecord` for the index table."""
     return {
         "label": int(record.label),
         "label_name": record.label_name,
         "caption": record.caption,
-        "image_uri": image_uri_prefix + record.id,
+        "image_uri": image_uri(record.id, image_uri_prefix),
     }
 
 
@@ -333,7 +341,8 @@ class EncodeImages(beam.PTransform):
         signature: a signature taking encoded images tf.string [N].
         output_key: the signature output holding float codes [N, d].
         max_batch_size: images per signature call (at most).
-        image_uri_prefix: prepended to the record id to make image_uri.
+        image_uri_prefix: prepended to the record id to make image_uri,
+            or a template with "{id}" ("images/{id}.png").
 
     Raises:
         FileNotFoundError: no SavedModel at `saved_model_dir`.

@@ -60,6 +60,7 @@ from pipeline import embeddings
 from shrewd_tf import class_synsets
 from shrewd_tf import config
 from shrewd_tf import data
+from shrewd_tf import inputs
 from shrewd_tf import semantics
 
 log = logging.getLogger(__name__)
@@ -160,7 +161,8 @@ def resolve_classes(dataset=None, tfrecord_dir=None, synsets_file=None,
                    if need_synsets else None)
         return ClassList(tuple(names), synsets and tuple(synsets),
                          f"dataset:{dataset}")
-    names = list(data.DatasetInfo.load(tfrecord_dir).class_names)
+    info = data.DatasetInfo.load(tfrecord_dir)
+    names = list(info.class_names)
     if not names:
         raise ValueError(
             f"{tfrecord_dir} has no class names (caption-only data?). "
@@ -169,6 +171,13 @@ def resolve_classes(dataset=None, tfrecord_dir=None, synsets_file=None,
     synsets = None
     if need_synsets:
         by_name = read_synsets_file(synsets_file) if synsets_file else {}
+        dataset = None if synsets_file else inputs.known_dataset(info.source)
+        if dataset is not None:
+            # Records made from a known dataset (source "fashion_mnist",
+            # "tfds:cifar100"): its curated synsets, matched by class name.
+            known = dataset_class_names(dataset)
+            curated = class_synsets.synsets_for(dataset, wordnet)
+            by_name = {n: s for n, s in zip(known, curated)}
         synsets = [by_name.get(n, n if _SYNSET_NAME.match(n) else None)
                    for n in names]
         missing = [n for n, s in zip(names, synsets) if s is None]

@@ -170,6 +170,10 @@ def build_arg_parser():
         "--captions-format", choices=image_folder.CAPTIONS_FORMATS)
     parser.add_argument(
         "--records-per-shard", type=int, default=DEFAULT_RECORDS_PER_SHARD)
+    parser.add_argument(
+        "--limit", type=int, default=None,
+        help="fashion_mnist: only the first N records of each split "
+             "(tfds: use --splits train=train[:N])")
     return parser
 
 
@@ -214,7 +218,8 @@ def _apply_prepare(step, split, records, dead_letters):
 def _fashion_mnist_plan(args, splits):
     reads = {}
     for split, spec in splits:
-        reads[split] = transforms.ReadFashionMNIST(spec, args.data_dir)
+        reads[split] = transforms.ReadFashionMNIST(
+            spec, args.data_dir, limit=args.limit)
     native = transforms.ReadFashionMNIST.image_shape
     image_shape = _image_shape(args, native)
     step = _prepare_step(args, native, image_shape)
@@ -231,7 +236,7 @@ def _fashion_mnist_plan(args, splits):
         source="fashion_mnist",
         image_shape=image_shape,
         class_names=tuple(datasets.FASHION_MNIST_CLASS_NAMES),
-        counts={split: read.num_examples() for split, read in reads.items()},
+        counts={split: read.num_records() for split, read in reads.items()},
         build=build,
     )
 
@@ -379,6 +384,12 @@ def run(argv=None, test_pipeline=None):
         raise ValueError(
             "--records-per-shard must be positive. Received: "
             f"--records-per-shard={args.records_per_shard}"
+        )
+    if args.limit is not None and args.source != "fashion_mnist":
+        raise ValueError(
+            "--limit is for --source fashion_mnist; for tfds use split "
+            "slices (--splits train=train[:N]). Received: "
+            f"--source={args.source!r}"
         )
     plan = make_plan(args)
     with StagedOutputDir(args.output_dir) as staged:

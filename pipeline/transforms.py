@@ -99,14 +99,18 @@ class ReadFashionMNIST(beam.PTransform):
         data_dir: directory of the four `*-ubyte.gz` files (default: the
             Debian package's `datasets.FASHION_MNIST_DIR`).
         chunk_size: records per work item.
+        limit: read only the first `limit` records (None: all).
     """
 
     image_shape = (28, 28, 1)
     class_names = datasets.FASHION_MNIST_CLASS_NAMES
 
     def __init__(self, split, data_dir=None,
-                 chunk_size=FASHION_MNIST_CHUNK_SIZE):
+                 chunk_size=FASHION_MNIST_CHUNK_SIZE, limit=None):
         super().__init__()
+        if limit is not None and int(limit) < 1:
+            raise ValueError(f"limit must be >= 1. Received: limit={limit}")
+        self.limit = None if limit is None else int(limit)
         if split not in datasets.FASHION_MNIST_FILES:
             raise ValueError(
                 f"split must be one of {sorted(datasets.FASHION_MNIST_FILES)}."
@@ -126,8 +130,13 @@ class ReadFashionMNIST(beam.PTransform):
         )
         return int(labels.shape[0])
 
-    def expand(self, pbegin):
+    def num_records(self):
+        """Records this transform yields (`limit` applied)."""
         count = self.num_examples()
+        return count if self.limit is None else min(count, self.limit)
+
+    def expand(self, pbegin):
+        count = self.num_records()
         chunks = [
             (start, min(start + self.chunk_size, count))
             for start in range(0, count, self.chunk_size)
@@ -136,7 +145,8 @@ class ReadFashionMNIST(beam.PTransform):
             pbegin
             | "Chunks" >> beam.Create(chunks)
             | "ReadChunk" >> beam.ParDo(
-                _ReadIDXChunk(self.split, self.data_dir, count)
+                # ids are padded to the file's count, with or without limit
+                _ReadIDXChunk(self.split, self.data_dir, self.num_examples())
             )
         )
 

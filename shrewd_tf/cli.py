@@ -114,6 +114,34 @@ def _export(args):
     return 0
 
 
+def _serve(args):
+    from serving import server as serving_server
+
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        config = serving_server.config_from_args(args)
+    except ValueError as error:
+        print(f"shrewd serve: error: {error}", file=sys.stderr)
+        return 2
+    return serving_server.serve(config)
+
+
+def _pipeline_run(args):
+    from pipeline import runner
+
+    overrides = {}
+    for item in args.set or ():
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(
+                f"shrewd: error: --set expects key=value. Received: {item!r}"
+            )
+        overrides[key] = _parse_value(value)
+    logging.getLogger().setLevel(logging.INFO)
+    runner.run(args.config, overrides, force=args.force or ())
+    return 0
+
+
 def _add_config_arguments(parser, output_default=None):
     parser.add_argument("--config", metavar="FILE", help="JSON/YAML config")
     parser.add_argument(
@@ -223,6 +251,45 @@ def build_parser():
         help="version number (default: one after the largest existing)",
     )
     export.set_defaults(run=_export)
+
+    serve = commands.add_parser(
+        "serve", help="TF-Serving-compatible REST + gRPC server with retrieval",
+        description=(
+            "Serve the SavedModels under --export-root with TF Serving's "
+            "REST and gRPC APIs, /v1/search over the indexes and a web page "
+            "at /."
+        ),
+    )
+    from serving import server as serving_server
+
+    serving_server.add_arguments(serve)
+    serve.set_defaults(run=_serve)
+
+    pipeline_parser = commands.add_parser(
+        "pipeline", help="the TFX-style pipeline (TFRecords to served index)",
+    )
+    pipeline_commands = pipeline_parser.add_subparsers(
+        dest="pipeline_command", metavar="COMMAND")
+    pipeline_commands.required = True
+    pipeline_run = pipeline_commands.add_parser(
+        "run", help="run the stages, reusing the unchanged ones",
+        description=(
+            "ExampleGen -> Semantics -> Trainer -> Evaluator -> Exporter -> "
+            "IndexBuilder under runs/<name>/<stage>/; a stage whose config "
+            "and inputs are unchanged is reused."
+        ),
+    )
+    pipeline_run.add_argument(
+        "--config", metavar="FILE", default="configs/fashion_mnist.yaml",
+        help="pipeline config (default: %(default)s)")
+    pipeline_run.add_argument(
+        "--set", metavar="KEY=VALUE", action="append",
+        help="override, e.g. --set train.epochs=1 "
+             "--set pipeline.configurations=[CLASS] (repeatable)")
+    pipeline_run.add_argument(
+        "--force", metavar="STAGE", action="append",
+        help="rerun this stage even if cached ('all': every stage)")
+    pipeline_run.set_defaults(run=_pipeline_run)
 
     demo = commands.add_parser(
         "demo", help="train SIM-KL-CLASS on Fashion-MNIST and print the table",

@@ -31,6 +31,11 @@ LOSS_SETS = {
 }
 
 
+# Sections of a config file that belong to other readers: the pipeline's
+# `pipeline:` section (pipeline.pipeline_config) rides along in the same file.
+IGNORED_SECTIONS = ("pipeline",)
+
+
 @dataclass(frozen=True)
 class DataConfig:
     """Where images and targets come from.
@@ -58,6 +63,9 @@ class DataConfig:
             distances, dataset="tfrecords" only).
         hierarchy_file: Barz & Denzler `parent child` edge list for "lcs".
         class_names_file: `id name` lines mapping tree nodes to class ids.
+        class_distances_file: a precomputed C x C class-distance matrix
+            (.npy, label order, e.g. from `python -m pipeline.label_distances`)
+            used instead of computing `semantics` (not for "captions").
         class_synsets_file: WordNet synset names ("dog.n.01"), one per line
             in label order, for "wup"/"bert" on classes that are neither a
             known dataset nor named by synsets.
@@ -76,6 +84,7 @@ class DataConfig:
     hierarchy_file: str | None = None
     class_names_file: str | None = None
     class_synsets_file: str | None = None
+    class_distances_file: str | None = None
 
 
 @dataclass(frozen=True)
@@ -218,6 +227,8 @@ class ExperimentConfig:
                 kwargs[key] = _build_section(sections[key], value, key)
             elif key == "name":
                 kwargs[key] = str(value)
+            elif key in IGNORED_SECTIONS:
+                continue  # read by other tools (`shrewd pipeline run`)
             else:
                 raise ValueError(
                     f"Unknown config section; expected name, "
@@ -278,6 +289,9 @@ def write_text_atomically(path, text):
     os.makedirs(directory, exist_ok=True)
     fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 -> the usual mode
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.replace(tmp_path, path)

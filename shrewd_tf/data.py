@@ -397,3 +397,45 @@ class DatasetInfo:
 def shard_count(num_records, records_per_shard=10_000):
     """Shards for `num_records`: about `records_per_shard` each, >= 1."""
     return max(1, math.ceil(num_records / records_per_shard))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def write_image_files(directory, split, output_dir, info=None):
+    """Writes each record's image of a split to `<output_dir>/<id>.png`.
+
+    For the web page and reports, which show database images by id. Stored
+    PNG bytes are written as they are; other formats are decoded and
+    re-encoded as PNG. Ids with "/" make subfolders ("test/00042" ->
+    `test/00042.png`); ids that would leave `output_dir` are refused.
+
+    Returns:
+        the number of files written.
+    """
+    import tensorflow as tf
+
+    info = info or DatasetInfo.load(directory)
+    root = os.path.realpath(output_dir)
+    count = 0
+    pattern = info.file_pattern(split, directory)
+    for serialized in tf.data.TFRecordDataset(sorted(glob.glob(pattern))):
+        record = from_example(serialized.numpy())
+        path = os.path.realpath(os.path.join(root, record.id + ".png"))
+        if os.path.commonpath([path, root]) != root:
+            raise RecordError(
+                f"record {record.id!r}: id leaves the output directory"
+            )
+        image = bytes(record.image)
+        if not image.startswith(PNG_SIGNATURE):
+            decoded = tf.io.decode_image(
+                image, channels=int(info.image_shape[2]), expand_animations=False
+            )
+            image = tf.io.encode_png(decoded).numpy()
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(image)
+        os.replace(tmp, path)
+        count += 1
+    return count

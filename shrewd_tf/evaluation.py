@@ -21,6 +21,7 @@ Conceptual Captions protocol, Table 4), same query/database protocol:
   distance). 1: codes rank the database exactly as the captions do.
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -375,15 +376,39 @@ def markdown_table(rows, title="Retrieval metrics"):
     return "\n".join(lines) + "\n"
 
 
-def evaluate_run(run_dir, output_dir=None, k=250):
-    """Re-evaluates a finished run on its test split.
+@dataclasses.dataclass
+class EvaluatedRun:
+    """A finished run evaluated on its test split (for reports).
 
-    Loads `run_dir/config.json` and `run_dir/model.keras`, computes the
-    retrieval metrics (`experiment_metrics`: class metrics when labelled,
-    caption metrics for records with caption embeddings) and writes
-    metrics.json / metrics.md to `output_dir` (default: `run_dir`).
-    Returns the metrics dict (without the training-time entries such as
-    wall_seconds).
+    Attributes:
+        metrics: `experiment_metrics` of the test split.
+        codes: float32 [N, d] test codes.
+        labels: int64 [N] labels, or `arange(N)` for unlabelled caption data
+            (every item its own "class").
+        similarity: float [C, C] class similarity, or [N, N] caption
+            similarity for unlabelled caption data.
+        images: uint8 [N, H, W, C] test images.
+        label_names: class names (None for unlabelled data).
+        config: the run's ExperimentConfig.
+    """
+
+    metrics: dict
+    codes: np.ndarray
+    labels: np.ndarray
+    similarity: np.ndarray
+    images: np.ndarray
+    label_names: list | None
+    config: object
+
+
+def evaluate_run_outputs(run_dir, k=250):
+    """Loads a finished run, predicts its test codes and computes metrics.
+
+    Returns:
+        `EvaluatedRun`.
+
+    Raises:
+        FileNotFoundError: `run_dir` lacks config.json or model.keras.
     """
     import keras
 
@@ -403,5 +428,34 @@ def evaluate_run(run_dir, output_dir=None, k=250):
     model = keras.models.load_model(model_path)
     outputs = predict_outputs(model, data.eval_dataset(data.test_images))
     result = experiment_metrics(data, outputs, k=k)
-    write_metrics({config.name: result}, output_dir or run_dir)
-    return result
+    if data.labelled and data.class_distances is not None:
+        labels, similarity = data.test_labels, 1.0 - data.class_distances
+        names = list(data.class_names)
+    elif data.test_embeddings is not None:
+        labels = np.arange(len(data.test_images))
+        similarity = caption_similarity_matrix(data.test_embeddings)
+        names = None
+    else:
+        labels = data.test_labels
+        similarity = np.eye(data.num_classes)
+        names = list(data.class_names)
+    return EvaluatedRun(
+        metrics=result, codes=np.asarray(outputs["code"], np.float32),
+        labels=np.asarray(labels), similarity=similarity,
+        images=data.test_images, label_names=names, config=config,
+    )
+
+
+def evaluate_run(run_dir, output_dir=None, k=250):
+    """Re-evaluates a finished run on its test split.
+
+    Loads `run_dir/config.json` and `run_dir/model.keras`, computes the
+    retrieval metrics (`experiment_metrics`: class metrics when labelled,
+    caption metrics for records with caption embeddings) and writes
+    metrics.json / metrics.md to `output_dir` (default: `run_dir`).
+    Returns the metrics dict (without the training-time entries such as
+    wall_seconds).
+    """
+    evaluated = evaluate_run_outputs(run_dir, k=k)
+    write_metrics({evaluated.config.name: evaluated.metrics}, output_dir or run_dir)
+    return evaluated.metrics

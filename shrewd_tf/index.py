@@ -25,7 +25,8 @@ Conventions:
   are packed with `np.packbits(bits, axis=1)`, MSB-first within each byte,
   bit j in byte j // 8 at position 7 - j % 8. `code_bits` must be a multiple
   of 8 (faiss stores whole bytes). `BinaryHammingIndex` takes float codes
-  in [0, 1] or 0/1 (bool, int) arrays; `ScannIndex` any finite floats.
+  (any finite value, bit = code > 0.5) or 0/1 (bool, int) arrays;
+  `ScannIndex` any finite floats.
 * Ids: int64 (>= 0) or strings (non-empty), unique within an index; default
   `arange`. Missing neighbours (k > len(index), or an approximate method
   that found fewer than k candidates) are padded with id -1 (int ids) or ""
@@ -141,11 +142,13 @@ def _as_codes(codes, name, width=None, unit_range=False):
             f"`{name}` must be finite. Received: {name}[{bad[0]}, {bad[1]}]="
             f"{array[bad[0], bad[1]]}"
         )
-    if unit_range and array.size and array.dtype.kind != "b":
+    # Float codes of any value binarise at 0.5 (a trained code head is
+    # linear and may overshoot [0, 1]); integer arrays must be 0/1 bits.
+    if unit_range and array.size and array.dtype.kind in "iu":
         low, high = array.min(), array.max()
         if low < 0 or high > 1:
             raise ValueError(
-                f"`{name}` must be float codes in [0, 1] or 0/1 bits. "
+                f"integer `{name}` must be 0/1 bits. "
                 f"Received: {name} with min={low}, max={high}"
             )
     return array
@@ -155,7 +158,8 @@ def pack_codes(codes):
     """Binarises codes at 0.5 and packs them MSB-first, as faiss expects.
 
     Args:
-        codes: float codes in [0, 1] or 0/1 bits, [N, code_bits] with
+        codes: finite float codes (bit = code > 0.5) or 0/1 bits,
+            [N, code_bits] with
             code_bits a multiple of 8.
 
     Returns:

@@ -347,7 +347,8 @@ def build_index_from_tfrecords(
         signature: SavedModel signature taking encoded images tf.string [N].
         output_key: its output holding float codes [N, d].
         batch_size: images per signature call (at most).
-        image_uri_prefix: prepended to record ids to make image_uri.
+        image_uri_prefix: prepended to record ids to make image_uri, or a
+            template with "{id}" ("images/{id}.png").
         codes_shards: codes shards to write (0: the runner chooses).
         pipeline_args: Beam pipeline flags.
 
@@ -419,7 +420,8 @@ def add_build_arguments(parser, beam_options=False):
     flag("output_key", default="code", help="its output with float codes")
     flag("batch_size", type=int, default=256, help="images per call")
     flag("image_uri_prefix", default="",
-         help="prepended to record ids to make image_uri")
+         help="prepended to record ids to make image_uri, or a template "
+              "with {id}, e.g. images/{id}.png")
     flag("codes_shards", type=int, default=0,
          help="codes shards (0: the runner chooses)")
     flag("num_threads", type=int, default=1, help="faiss / ScaNN threads")

@@ -427,6 +427,19 @@ def class_synsets_for(data_config, class_names, source=""):
     )
 
 
+def _load_class_distances(path, num_classes):
+    """A precomputed [C, C] matrix, checked (square, C, finite, >= 0)."""
+    matrix = np.load(path)
+    if matrix.shape != (num_classes, num_classes):
+        raise ValueError(
+            f"{path}: expected a [{num_classes}, {num_classes}] class-distance "
+            f"matrix for the {num_classes} classes. Received: shape={matrix.shape}"
+        )
+    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
+        raise ValueError(f"{path}: class distances must be finite and >= 0")
+    return matrix.astype(np.float64)
+
+
 def class_distance_matrix(data_config, class_names, source=""):
     """The C x C target distances named by `data_config.semantics`.
 
@@ -447,6 +460,8 @@ def class_distance_matrix(data_config, class_names, source=""):
     kind = data_config.semantics
     if kind == CAPTIONS:
         return None
+    if data_config.class_distances_file:
+        return _load_class_distances(data_config.class_distances_file, len(class_names))
     if kind in ("wup", "bert"):
         synsets = class_synsets_for(data_config, class_names, source)
         if kind == "wup":

@@ -7,6 +7,7 @@ smaller is nearer; id, padding and file conventions are in the
 `shrewd_tf.index` docstring.
 """
 
+import logging
 import math
 import os
 
@@ -19,6 +20,10 @@ from shrewd_tf.index import (
     _pad_columns,
 )
 from shrewd_tf.index_files import IndexFormatError
+
+
+# Below this many codes tree + AH is not trained; brute force is used.
+AH_MIN_CODES = 256
 
 
 class ScannIndex(RetrievalIndex):
@@ -155,6 +160,13 @@ class ScannIndex(RetrievalIndex):
             raise ValueError("ScannIndex needs at least one code to build.")
         builder = scann_ops_pybind.builder(codes, 10, self.distance)
         builder.set_n_training_threads(self.num_threads)
+        if not self.brute_force and len(codes) < AH_MIN_CODES:
+            # AH trains 16 centres per block: too few codes to train on, and
+            # brute force is fast at this size anyway.
+            logging.getLogger(__name__).warning(
+                "ScannIndex: %d codes are too few for tree + AH (< %d); "
+                "building a brute-force searcher", len(codes), AH_MIN_CODES)
+            self.brute_force = True
         if self.brute_force:
             builder = builder.score_brute_force()
         else:

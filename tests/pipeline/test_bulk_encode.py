@@ -181,3 +181,10 @@ def test_encode_images_fails_fast_on_bad_model_paths(model_root, tmp_path):
         bulk_encode.EncodeImages(str(tmp_path))
     with pytest.raises(ValueError, match="one tf.string input"):
         bulk_encode.EncodeImages(model_root, signature="pixels")
+
+
+def test_image_uri_prefix_or_template():
+    assert bulk_encode.image_uri("test/007", "") == "test/007"
+    assert bulk_encode.image_uri("test/007", "gs://b/") == "gs://b/test/007"
+    assert (bulk_encode.image_uri("test/007", "images/{id}.png")
+            == "images/test/007.png")

@@ -242,3 +242,14 @@ def test_module_runs_as_a_script():
     for flag in ("--kind", "--dataset", "--tfrecord-dir", "--synsets-file",
                  "--hierarchy-file", "--class-ids-file", "--rows-per-block"):
         assert flag in completed.stdout
+
+
+def test_tfrecord_dir_from_a_known_source_uses_its_curated_synsets(tmp_path):
+    from shrewd_tf import datasets
+
+    names = tuple(datasets.FASHION_MNIST_CLASS_NAMES)
+    data.DatasetInfo(image_shape=(28, 28, 1), class_names=names[::-1],
+                     splits={"train": 1}, source="fashion_mnist").save(str(tmp_path))
+    classes = label_distances.resolve_classes(tfrecord_dir=str(tmp_path))
+    curated = class_synsets.synsets_for("fashion_mnist")
+    assert classes.synsets == tuple(curated[::-1])

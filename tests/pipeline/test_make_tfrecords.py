@@ -56,6 +56,29 @@ def test_fashion_mnist_job(tmp_path):
         [str(out / "dead_letters-00000-of-00001.jsonl")]) == []
 
 
+def test_fashion_mnist_job_limit_keeps_the_first_records(tmp_path):
+    arrays = write_fake_fashion_mnist(str(tmp_path / "idx"))
+    out = tmp_path / "out"
+    result = make_tfrecords.run([
+        "--source", "fashion_mnist", "--data-dir", str(tmp_path / "idx"),
+        "--output-dir", str(out), "--limit", "3",
+    ])
+    assert result.splits == {"train": 3, "test": 3}
+    train = data.load_split_arrays(str(out), "train")
+    assert sorted(train["ids"]) == ["train/00000", "train/00001", "train/00002"]
+    order = np.argsort(train["ids"])
+    np.testing.assert_array_equal(
+        train["labels"][order], arrays["train"][1][:3])
+
+
+def test_limit_is_refused_for_other_sources(tmp_path):
+    with pytest.raises(ValueError, match="--limit is for --source fashion_mnist"):
+        make_tfrecords.run([
+            "--source", "tfds:cifar100", "--data-dir", str(tmp_path),
+            "--output-dir", str(tmp_path / "out"), "--limit", "3",
+        ])
+
+
 def test_fashion_mnist_job_multi_processing_with_resize(tmp_path):
     """The real DirectRunner engine with 2 worker processes; 28 -> 14 RGB."""
     arrays = write_fake_fashion_mnist(str(tmp_path / "idx"),

@@ -224,9 +224,9 @@ def test_save_load_round_trip_gives_identical_results(
 def test_bad_hamming_inputs_raise_value_error_quoting_the_value(clustered):
     database, queries = clustered
     index = hamming_index.BinaryHammingIndex(CODE_BITS).build(database)
-    bad = queries.copy()
-    bad[5, 1] = 3.0
-    with pytest.raises(ValueError, match="max=3.0"):
+    bad = (queries > 0.5).astype(np.int64)
+    bad[5, 1] = 3
+    with pytest.raises(ValueError, match="max=3"):
         index.search(bad, 5)
     with pytest.raises(ValueError, match="code_bits=60"):
         hamming_index.BinaryHammingIndex(60)
@@ -242,3 +242,14 @@ def test_faiss_thread_count_is_restored(clustered):
     index = hamming_index.BinaryHammingIndex(CODE_BITS, num_threads=1)
     index.build(database).search(queries, 3)
     assert faiss.omp_get_max_threads() == before
+
+
+def test_float_codes_outside_unit_range_binarise_at_half():
+    codes = np.array([[-1.2, 0.49, 0.51, 1.7, 0.0, 1.0, 0.5, 2.0]], np.float32)
+    index = hamming_index.BinaryHammingIndex(code_bits=8).build(codes)
+    _, distances = index.search(
+        np.array([[0, 0, 1, 1, 0, 1, 0, 1]], np.uint8), k=1)
+    assert distances[0, 0] == 0
+    with pytest.raises(ValueError, match="integer `codes` must be 0/1 bits"):
+        hamming_index.BinaryHammingIndex(code_bits=8).build(
+            np.full((1, 8), 2, np.int64))

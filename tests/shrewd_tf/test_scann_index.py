@@ -80,3 +80,15 @@ def test_bad_scann_inputs_raise_value_error_quoting_the_value():
         scann_index.ScannIndex(brute_force=True).build(np.full((4, 8), np.nan))
     with pytest.raises(ValueError, match="distance='cosine'"):
         scann_index.ScannIndex("cosine")
+
+
+def test_too_few_codes_for_tree_ah_fall_back_to_exact_brute_force():
+    rng = np.random.default_rng(0)
+    database = rng.random((10, 16)).astype(np.float32)
+    index = scann_index.ScannIndex().build(database)
+    assert index.is_exact
+    ids, distances = index.search(database[:2], 3)
+    squared = ((database[:2, None, :] - database[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(ids, np.argsort(squared, axis=1)[:, :3])
+    np.testing.assert_allclose(
+        distances, np.sort(squared, axis=1)[:, :3], rtol=1e-5, atol=1e-6)
