@@ -38,6 +38,8 @@ class PipelineConfig:
             "captions:<file>" (image folder + captions file).
         image_size: (H, W) images are resized to (None: native size).
         records_per_shard: TFRecord shard size.
+        limit: ExampleGen keeps only the first N records of each split
+            (fashion_mnist; None: all), for quick runs and CI.
         configurations: loss sets trained and compared in the report; the
             first is exported and indexed.
         text_encoder: sentence encoder for "bert" semantics and caption
@@ -56,6 +58,7 @@ class PipelineConfig:
     source: str = "fashion_mnist"
     image_size: tuple[int, int] | None = None
     records_per_shard: int = 10_000
+    limit: int | None = None
     configurations: tuple[str, ...] = ("SIM-KL-CLASS",)
     text_encoder: str | None = None
     k: int = 250

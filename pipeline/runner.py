@@ -58,6 +58,8 @@ def example_gen(context):
         argv += ["--data-dir", cfg["data_dir"]]
     if cfg.get("image_size"):
         argv += ["--image-size", ",".join(str(v) for v in cfg["image_size"])]
+    if cfg.get("limit"):
+        argv += ["--limit", str(cfg["limit"])]
     result = make_tfrecords.run(argv + list(cfg["beam_options"]))
     return StageResult(
         outputs={"tfrecord_dir": result.output_dir,
@@ -235,6 +237,7 @@ def make_stages(experiment, pipeline):
         "data_dir": data.data_dir,
         "image_size": list(pipeline.image_size) if pipeline.image_size else None,
         "records_per_shard": pipeline.records_per_shard,
+        "limit": pipeline.limit,
         "beam_options": beam,
     }
     semantics_cfg = {

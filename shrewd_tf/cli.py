@@ -96,7 +96,23 @@ def _zero_shot(args):
 def _demo(args):
     from shrewd_tf import demo
 
-    return demo.run(args.output_dir, quick=args.quick)
+    logging.getLogger().setLevel(logging.INFO)
+    return demo.run(args.runs_dir, quick=args.quick)
+
+
+def _index_build(args):
+    from shrewd_tf import index_builder
+
+    logging.getLogger().setLevel(logging.INFO)
+    try:
+        result = index_builder.build_index_from_tfrecords(
+            **index_builder.build_kwargs(args))
+    except (FileNotFoundError, KeyError, ValueError) as error:
+        print(f"shrewd index build: error: {error}", file=sys.stderr)
+        return 1
+    for kind, path in sorted(result.index_dirs.items()):
+        print(f"{kind}: {path}")
+    return 0
 
 
 def _export(args):
@@ -291,10 +307,26 @@ def build_parser():
         help="rerun this stage even if cached ('all': every stage)")
     pipeline_run.set_defaults(run=_pipeline_run)
 
-    demo = commands.add_parser(
-        "demo", help="train SIM-KL-CLASS on Fashion-MNIST and print the table",
+    index = commands.add_parser("index", help="retrieval indexes")
+    index_commands = index.add_subparsers(dest="index_command", metavar="COMMAND")
+    index_commands.required = True
+    index_build = index_commands.add_parser(
+        "build", help="encode a TFRecord split with a SavedModel and index it",
+        description=(
+            "Bulk-encode one split of a TFRecord directory with an exported "
+            "SavedModel (a Beam job) and build binary Hamming and/or ScaNN "
+            "indexes under --output-dir."
+        ),
     )
-    demo.add_argument("--output-dir", default="runs/demo", metavar="DIR")
+    from shrewd_tf import index_builder
+
+    index_builder.add_build_arguments(index_build, beam_options=True)
+    index_build.set_defaults(run=_index_build)
+
+    demo = commands.add_parser(
+        "demo", help="the Fashion-MNIST pipeline end to end (make demo)",
+    )
+    demo.add_argument("--runs-dir", default="runs", metavar="DIR")
     demo.add_argument(
         "--quick", action="store_true", help="a small subset (for CI)"
     )
