@@ -108,3 +108,13 @@ def test_pipeline_config_refuses_unknown_keys_and_loss_sets():
         pipeline_config.from_dict({"pipeline": {"nope": 1}})
     with pytest.raises(ValueError, match="loss sets"):
         pipeline_config.from_dict({"pipeline": {"configurations": ["XYZ"]}})
+
+
+@pytest.mark.parametrize(
+    "name", ["fashion_mnist", "cifar100", "imagenet2012", "captions"])
+def test_shipped_configs_load_and_make_six_stages(name):
+    path = os.path.join(REPO_ROOT, "configs", f"{name}.yaml")
+    experiment, pipeline = pipeline_config.load(path)
+    stages = runner.make_stages(experiment, pipeline)
+    assert [s.name for s in stages] == list(STAGES)
+    assert experiment.loss.losses in pipeline.configurations
