@@ -72,10 +72,12 @@ EXECUTIONS = ("graph", "xla", "eager")
 # XLA compiles one program per input shape: lengths are padded up to a
 # multiple of this (at most 64 lengths up to 512 word pieces).
 _XLA_LENGTH_MULTIPLE = 8
-# Padded tokens per forward pass, at most. The FFN activations of a pass,
-# tokens x intermediate_size floats (12 MiB for MiniLM), then stay in a
-# server CPU's L3 cache; bigger passes ran 1.5x slower per sentence on 2
-# cores in graph mode (benchmarks/bench_text.py).
+# Padded tokens per forward pass, at most. Texts are sorted by length, so
+# smaller passes pad less; from ~1.5k tokens on, a pass is as efficient per
+# token as bigger ones on CPU, and its activations stay small (FFN: tokens
+# x 1536 floats = 12 MiB for MiniLM). 256 captions of 13-23 tokens ran
+# 1.2-1.5x faster on 2 cores in graph mode than in one pass padded to 23
+# (benchmarks/bench_text.py).
 _MAX_TOKENS_PER_PASS = 2048
 # Texts tokenized per call when counting word pieces for the sort.
 _TOKEN_COUNT_CHUNK = 4096
@@ -309,9 +311,9 @@ class SentenceEncoder:
         Texts are sorted by word-piece count (sentence-transformers sorts
         by characters) and cut into forward passes of at most `batch_size`
         texts and at most `_MAX_TOKENS_PER_PASS` = 2048 padded tokens
-        (at least one text), so that passes pad little and stay in cache;
-        the result is in input order. An embedding does not depend on its
-        batch beyond float rounding (padding is masked out).
+        (at least one text), so that passes pad little; the result is in
+        input order. An embedding does not depend on its batch beyond
+        float rounding (padding is masked out).
 
         Args:
             texts: list of N strings.
