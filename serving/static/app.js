@@ -153,12 +153,10 @@ async function loadDatabase() {
   }
   const wanted = new URLSearchParams(window.location.search).get("query");
   if (wanted !== null) {
-    const item = page.items.find((it) => String(it.id) === wanted);
-    if (item && item.image_url) {
-      await searchDatabaseItem(item);
-    } else {
-      setStatus("No database image with id " + wanted, true);
-    }
+    // Items beyond the first page are fetched by id from /v1/images/.
+    const item = page.items.find((it) => String(it.id) === wanted) ||
+      { id: wanted, image_url: "/v1/images/" + encodeURIComponent(wanted) };
+    await searchDatabaseItem(item);
   }
 }
 
