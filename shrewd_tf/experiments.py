@@ -52,6 +52,13 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
         is among the loss sets, and random codes as a reference.
     """
     data = data or inputs.load_experiment_data(base_config.data)
+    if data.class_distances is None or not data.labelled:
+        raise ValueError(
+            "The ablation table (with its one-hot and random-code rows) needs "
+            "labelled data with class distances; for caption data compare "
+            "loss sets with `shrewd pipeline run` (pipeline.configurations). "
+            f"Received: semantics={base_config.data.semantics!r}"
+        )
     similarity = 1.0 - data.class_distances
     rows = {}
     for losses in loss_sets:

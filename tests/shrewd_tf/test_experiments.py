@@ -1,6 +1,8 @@
+import dataclasses
 import json
 
 import numpy as np
+import pytest
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import experiments
@@ -71,3 +73,10 @@ def test_zero_shot_trains_without_the_held_out_classes(tmp_path, monkeypatch):
     assert 0.0 <= rows["CLASS"]["hit@1"] <= rows["CLASS"]["hit@2"] <= 1.0
     markdown = (tmp_path / "zero_shot.md").read_text()
     assert "unseen: d" in markdown and "| CLASS |" in markdown
+
+
+def test_ablation_refuses_caption_data_without_class_distances(tmp_path):
+    data = dataclasses.replace(helpers.make_data(), class_distances=None)
+    with pytest.raises(ValueError, match="needs labelled data with class"):
+        experiments.run_ablation(
+            config_lib.ExperimentConfig(), str(tmp_path), ["SIM"], data=data)
