@@ -22,7 +22,8 @@ from shrewd_tf.index import (
 from shrewd_tf.index_files import IndexFormatError
 
 
-# Below this many codes tree + AH is not trained; brute force is used.
+# Below this many codes tree + AH is not trained and, unless num_leaves was
+# given, brute force is used.
 AH_MIN_CODES = 256
 
 
@@ -160,9 +161,11 @@ class ScannIndex(RetrievalIndex):
             raise ValueError("ScannIndex needs at least one code to build.")
         builder = scann_ops_pybind.builder(codes, 10, self.distance)
         builder.set_n_training_threads(self.num_threads)
-        if not self.brute_force and len(codes) < AH_MIN_CODES:
+        if (not self.brute_force and len(codes) < AH_MIN_CODES
+                and self._requested_leaves[0] is None):
             # AH trains 16 centres per block: too few codes to train on, and
-            # brute force is fast at this size anyway.
+            # brute force is fast at this size anyway. (An explicit
+            # num_leaves is honoured, or refused, as asked.)
             logging.getLogger(__name__).warning(
                 "ScannIndex: %d codes are too few for tree + AH (< %d); "
                 "building a brute-force searcher", len(codes), AH_MIN_CODES)
