@@ -408,16 +408,30 @@ class RetrievalIndex:
         if ids.ndim == 2:
             return [self.metadata(row) for row in ids]
         pad = self._id_pad()
-        known = np.isin(ids, self._ids) if len(ids) else ids.astype(bool)
+        known = self._known_ids()
         rows = []
-        for key, is_known in zip(ids.tolist(), known):
+        for key in ids.tolist():
             if key == pad:
                 rows.append(None)
-            elif not is_known:
+            elif key not in known:
                 raise KeyError(f"id {key!r} is not in the index")
             else:
                 rows.append(dict(self._metadata.get(key, {})))
         return rows
+
+    @property
+    def code_width(self):
+        """Bits (binary) or float dimensions the index was built with."""
+        return self._code_width
+
+    def _known_ids(self):
+        """The set of ids, cached until the id array changes (O(1) lookups:
+        a search result's metadata costs microseconds, not a scan of N)."""
+        cache = getattr(self, "_id_set_cache", None)
+        if cache is None or cache[0] is not self._ids:
+            cache = (self._ids, set(self._ids.tolist()))
+            self._id_set_cache = cache
+        return cache[1]
 
     # --- persistence ---
 

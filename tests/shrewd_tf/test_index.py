@@ -111,3 +111,16 @@ def test_bad_inputs_raise_value_error_quoting_the_value(clustered):
         index_lib.BinaryHammingIndex(8).search(np.zeros((1, 8)), 1)
     with pytest.raises(ValueError, match="kind='annoy'"):
         index_lib.build_index("annoy", database)
+
+
+def test_metadata_lookup_follows_added_ids_and_refuses_unknown_ones():
+    codes = (np.random.default_rng(0).random((6, 16)) > 0.5)
+    idx = index_lib.BinaryHammingIndex(16).build(codes[:4], ids=[10, 11, 12, 13])
+    idx.set_metadata([11], label=[1])
+    assert idx.metadata([11, 12]) == [{"label": 1}, {}]
+    with pytest.raises(KeyError, match="14"):
+        idx.metadata([14])
+    idx.add(codes[4:], ids=[14, 15])
+    idx.set_metadata([14], label=[4])
+    assert idx.metadata([14, -1]) == [{"label": 4}, None]
+    assert idx.code_width == 16
