@@ -154,9 +154,17 @@ async function loadDatabase() {
   const wanted = new URLSearchParams(window.location.search).get("query");
   if (wanted !== null) {
     // Items beyond the first page are fetched by id from /v1/images/.
-    const item = page.items.find((it) => String(it.id) === wanted) ||
-      { id: wanted, image_url: "/v1/images/" + encodeURIComponent(wanted) };
-    await searchDatabaseItem(item);
+    let item = page.items.find((it) => String(it.id) === wanted);
+    if (!item) {
+      const url = "/v1/images/" + encodeURIComponent(wanted);
+      const probe = await fetch(url, { method: "HEAD" });
+      if (probe.ok) item = { id: wanted, image_url: url };
+    }
+    if (item && item.image_url) {
+      await searchDatabaseItem(item);
+    } else {
+      setStatus("No database image with id " + wanted, true);
+    }
   }
 }
 
