@@ -30,17 +30,17 @@ import os
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import dead_letters
 from pipeline import embeddings
 from pipeline import outputs
+from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import pipeline_options
 from shrewd_tf import data
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_PREFIX = "dead_letters"
-DEFAULT_RUNNER = "FnApiRunner"
 
 
 def parse_args(argv=None):
@@ -64,20 +64,6 @@ def parse_args(argv=None):
                         default=embeddings.DEFAULT_MAX_BATCH_SIZE,
                         help="captions per encoder call")
     return parser.parse_known_args(argv)
-
-
-def pipeline_options(beam_args):
-    """Beam options from the leftover flags; runner FnApiRunner by default.
-
-    DirectRunner would first try PrismRunner, which downloads a binary from
-    GitHub; FnApiRunner is the local runner it falls back to, and honours
-    `--direct_num_workers=N --direct_running_mode=multi_processing`.
-    """
-    beam_args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=")
-               for a in beam_args):
-        beam_args.append(f"--runner={DEFAULT_RUNNER}")
-    return PipelineOptions(beam_args)
 
 
 def input_shard_count(pattern):

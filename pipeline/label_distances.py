@@ -48,15 +48,15 @@ import dataclasses
 import json
 import logging
 import os
-import re
 import tempfile
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.ml.inference import base as inference_base
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import embeddings
+from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import pipeline_options
 from shrewd_tf import class_synsets
 from shrewd_tf import config
 from shrewd_tf import data
@@ -67,8 +67,6 @@ log = logging.getLogger(__name__)
 
 KINDS = ("wup", "lcs", "bert")
 DEFAULT_ROWS_PER_BLOCK = 64
-DEFAULT_RUNNER = "FnApiRunner"
-_SYNSET_NAME = re.compile(r"^\S+\.[nvasr]\.\d+$")
 
 
 # === Classes ===
@@ -178,7 +176,7 @@ def resolve_classes(dataset=None, tfrecord_dir=None, synsets_file=None,
             known = dataset_class_names(dataset)
             curated = class_synsets.synsets_for(dataset, wordnet)
             by_name = {n: s for n, s in zip(known, curated)}
-        synsets = [by_name.get(n, n if _SYNSET_NAME.match(n) else None)
+        synsets = [by_name.get(n, n if inputs.SYNSET_NAME.match(n) else None)
                    for n in names]
         missing = [n for n, s in zip(names, synsets) if s is None]
         if missing:
@@ -434,20 +432,6 @@ def parse_args(argv=None):
     parser.add_argument("--rows-per-block", type=int,
                         default=DEFAULT_ROWS_PER_BLOCK)
     return parser.parse_known_args(argv)
-
-
-def pipeline_options(beam_args):
-    """Beam options from the leftover flags; runner FnApiRunner by default.
-
-    DirectRunner would first try PrismRunner, which downloads a binary from
-    GitHub; FnApiRunner is the local runner it falls back to, and honours
-    `--direct_num_workers=N --direct_running_mode=multi_processing`.
-    """
-    beam_args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=")
-               for a in beam_args):
-        beam_args.append(f"--runner={DEFAULT_RUNNER}")
-    return PipelineOptions(beam_args)
 
 
 def output_paths(output):

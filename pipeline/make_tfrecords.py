@@ -43,7 +43,6 @@ import re
 import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import transforms
 from pipeline.dead_letters import WriteDeadLetters
@@ -51,6 +50,8 @@ from pipeline.dead_letters import dead_letter_counts
 from pipeline.outputs import StagedOutputDir
 from pipeline.outputs import WriteTFRecords
 from pipeline.outputs import records_written
+from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import pipeline_options
 from shrewd_tf import data
 from shrewd_tf import datasets
 from shrewd_tf import image_folder
@@ -60,7 +61,6 @@ log = logging.getLogger(__name__)
 DEAD_LETTERS_PREFIX = "dead_letters"
 DEFAULT_RECORDS_PER_SHARD = 10_000
 DEFAULT_TEST_FRACTION = 0.1
-DEFAULT_RUNNER = "FnApiRunner"
 _SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
@@ -331,21 +331,6 @@ def make_plan(args):
 
 
 # === The job ===
-
-
-def pipeline_options(beam_args):
-    """Beam options from the leftover flags; runner FnApiRunner by default.
-
-    Beam's DirectRunner first tries PrismRunner, which downloads a binary
-    from GitHub and ignores `--direct_running_mode`; FnApiRunner is the
-    local Python runner DirectRunner falls back to, and honours
-    `--direct_num_workers=N --direct_running_mode=multi_processing`.
-    """
-    beam_args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=")
-               for a in beam_args):
-        beam_args.append(f"--runner={DEFAULT_RUNNER}")
-    return PipelineOptions(beam_args)
 
 
 def _summary(result):

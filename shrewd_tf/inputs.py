@@ -31,7 +31,7 @@ CAPTIONS = "captions"
 LABEL_TARGETS = "labels"
 EMBEDDING_TARGETS = "embeddings"
 # A WordNet synset name: lemma.pos.nn, e.g. "dog.n.01", "gym_shoe.n.01".
-_SYNSET_NAME = re.compile(r"^\S+\.[nvasr]\.\d+$")
+SYNSET_NAME = re.compile(r"^\S+\.[nvasr]\.\d+$")
 
 
 @dataclasses.dataclass
@@ -414,7 +414,7 @@ def class_synsets_for(data_config, class_names, source=""):
             )
         synsets = class_synsets.synsets_for(dataset)
         return [synsets[known.index(n)] for n in class_names]
-    if class_names and all(_SYNSET_NAME.match(n) for n in class_names):
+    if class_names and all(SYNSET_NAME.match(n) for n in class_names):
         return list(class_names)
     raise ValueError(
         f"semantics={data_config.semantics!r} needs a WordNet synset per "
