@@ -45,6 +45,7 @@ from shrewd_tf.ranking import _Retrieval
 __all__ = [
     "TIE_MODES",
     "binary_entropy",
+    "code_statistics",
     "flat_hit_at_k",
     "hierarchical_precision_curve",
     "kendall_tau",
@@ -244,6 +245,43 @@ def mean_average_precision(
 
 
 # === Other metrics ===
+
+
+def code_statistics(codes, tolerance=0.1):
+    """How binary, balanced and diverse continuous codes are.
+
+    These are the quantities the empirical KL term of eq. 4 is meant to
+    drive: values piled at 0 and 1 (so thresholding at 0.5 loses little),
+    every bit on for half the items, and distinct codes for distinct items.
+
+    Args:
+        codes: float [n, d] continuous codes (binarised at 0.5).
+        tolerance: a value is near-binary when it is within this distance
+            of 0 or 1.
+
+    Returns:
+        dict of floats:
+        * near_binary: fraction of values within `tolerance` of {0, 1};
+        * bit_balance_deviation: mean over bits of |P(bit on) - 0.5|
+          (0: balanced, 0.5: a constant bit);
+        * distinct_codes: number of distinct binarised codes;
+        * distinct_fraction: distinct_codes / n.
+    """
+    codes = _codes(codes, "codes")
+    if not tolerance >= 0:
+        raise ValueError(
+            f"`tolerance` must be >= 0. Received: tolerance={tolerance}"
+        )
+    near = (np.abs(codes) <= tolerance) | (np.abs(codes - 1.0) <= tolerance)
+    bits = codes > 0.5
+    distinct = len(np.unique(np.packbits(bits, axis=1), axis=0))
+    return {
+        "near_binary": float(near.mean()),
+        "bit_balance_deviation": float(np.abs(bits.mean(axis=0) - 0.5).mean()),
+        "distinct_codes": float(distinct),
+        "distinct_fraction": float(distinct / len(codes)),
+    }
+
 
 
 def binary_entropy(codes, k=1):

@@ -464,3 +464,35 @@ def test_flat_hit_at_k_hand_case():
     }
     ragged = metrics.flat_hit_at_k([[3], [2, 1]], [3, 1], ks=(1, 2))
     assert ragged == {1: 0.5, 2: 1.0}
+
+
+def test_code_statistics_matches_a_loop():
+    rng = np.random.default_rng(3)
+    codes = rng.normal(0.5, 0.6, (50, 16))
+    codes[:5] = codes[5:10]  # 5 duplicated codes
+    stats = metrics.code_statistics(codes, tolerance=0.1)
+    near = sum(
+        1 for row in codes for v in row if abs(v) <= 0.1 or abs(v - 1) <= 0.1
+    )
+    assert stats["near_binary"] == pytest.approx(near / codes.size)
+    balance = [
+        abs(sum(1 for row in codes if row[j] > 0.5) / 50 - 0.5)
+        for j in range(16)
+    ]
+    assert stats["bit_balance_deviation"] == pytest.approx(np.mean(balance))
+    distinct = {tuple(row > 0.5) for row in codes}
+    assert stats["distinct_codes"] == len(distinct) <= 45
+    assert stats["distinct_fraction"] == pytest.approx(len(distinct) / 50)
+
+
+def test_code_statistics_of_perfect_codes():
+    bits = np.array([[0, 1], [1, 0], [0, 0], [1, 1]], np.float32)
+    stats = metrics.code_statistics(bits)
+    assert stats == {
+        "near_binary": 1.0,
+        "bit_balance_deviation": 0.0,
+        "distinct_codes": 4.0,
+        "distinct_fraction": 1.0,
+    }
+    with pytest.raises(ValueError, match="tolerance"):
+        metrics.code_statistics(bits, tolerance=-1)
