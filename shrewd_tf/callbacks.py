@@ -24,7 +24,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
         dataset: batched tf.data.Dataset of standardised images (labels, if
             any, are ignored), in the order of `labels`.
         labels: int [N] classes of the validation images.
-        class_similarity: float [C, C], 1 - class distance.
+        class_similarity: float [C, C] >= 0, `semantics.class_similarity`
+            of the class distances.
         every: evaluate after every `every` epochs (and the last one).
         k: retrieval cut-off (250 in the paper).
         code_output: the model output holding the codes.

@@ -30,6 +30,7 @@ import numpy as np
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import metrics
+from shrewd_tf import semantics
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,9 @@ def retrieval_metrics(
         codes: float [N, d] codes of the evaluation images.
         labels: int [N] their classes, or None (unlabelled: no class
             metrics).
-        class_similarity: float [C, C], 1 - class distance, or None (no
-            class mAHP, e.g. semantics="captions").
+        class_similarity: float [C, C] >= 0 (`semantics.class_similarity`
+            of the class distances), or None (no class mAHP, e.g.
+            semantics="captions").
         k: retrieval cut-off (capped at N - 1).
         logits: optional float [N, C] classification outputs (accuracy;
             needs labels).
@@ -138,7 +140,8 @@ def experiment_metrics(data, outputs, k=250, kendall_queries=KENDALL_QUERIES):
         k, kendall_queries: as in `retrieval_metrics`.
     """
     similarity = (
-        None if data.class_distances is None else 1.0 - data.class_distances
+        None if data.class_distances is None
+        else semantics.class_similarity(data.class_distances)
     )
     return retrieval_metrics(
         outputs["code"],
@@ -429,7 +432,8 @@ def evaluate_run_outputs(run_dir, k=250):
     outputs = predict_outputs(model, data.eval_dataset(data.test_images))
     result = experiment_metrics(data, outputs, k=k)
     if data.labelled and data.class_distances is not None:
-        labels, similarity = data.test_labels, 1.0 - data.class_distances
+        labels = data.test_labels
+        similarity = semantics.class_similarity(data.class_distances)
         names = list(data.class_names)
     elif data.test_embeddings is not None:
         labels = np.arange(len(data.test_images))

@@ -13,6 +13,7 @@ import numpy as np
 
 from shrewd_tf import evaluation
 from shrewd_tf import inputs
+from shrewd_tf import semantics
 from shrewd_tf import trainer
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
             "loss sets with `shrewd pipeline run` (pipeline.configurations). "
             f"Received: semantics={base_config.data.semantics!r}"
         )
-    similarity = 1.0 - data.class_distances
+    similarity = semantics.class_similarity(data.class_distances)
     rows = {}
     for losses in loss_sets:
         config = base_config.with_overrides(

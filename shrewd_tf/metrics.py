@@ -67,7 +67,8 @@ def _class_similarity(class_similarity):
         )
     if not np.all(np.isfinite(sim)) or sim.min() < 0:
         raise ValueError(
-            "`class_similarity` must be finite and >= 0. "
+            "`class_similarity` must be finite and >= 0 (from class "
+            "distances use semantics.class_similarity: max(0, 1 - d)). "
             f"Received: min={np.nanmin(sim)}"
         )
     return sim
@@ -132,8 +133,8 @@ def mean_average_hierarchical_precision(
     Args:
         query_codes: float [Q, d]; db_codes: float [N, d].
         query_labels: int [Q]; db_labels: int [N]; class ids in [0, C).
-        class_similarity: float [C, C] >= 0, s = 1 - class distance,
-            s[c, c] = 1.
+        class_similarity: float [C, C] >= 0, s[c, c] = 1; from class
+            distances d use `semantics.class_similarity(d)` = max(0, 1 - d).
         k: cut-off rank, 1 <= k <= N (N - 1 with exclude_self).
         binary: rank binarised codes (code > 0.5) by Hamming distance
             instead of float codes by L1 distance.

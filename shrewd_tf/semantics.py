@@ -1,7 +1,8 @@
 """Target distances between classes: WordNet WUP, tree LCS height, embeddings.
 
 Every function returns a `[C, C]` float64 matrix `d` with `d[i, i] == 0`
-and `d == d.T`; `class_similarity(d) = 1 - d` turns one into similarities.
+and `d == d.T`; `class_similarity(d) = max(0, 1 - d)` turns one into
+similarities.
 
 * `wup_distance_matrix`: `1 - WUP` over WordNet noun synsets, as NLTK's
   `wup_similarity` (the measure of the paper, Sec. 4), symmetrised.
@@ -393,5 +394,30 @@ def embedding_distance_matrix(embeddings, metric="cosine"):
 
 
 def class_similarity(distances):
-    """Returns `1 - distances` (similarities in [0, 1] for distances there)."""
-    return 1.0 - np.asarray(distances, dtype=np.float64)
+    """Class similarities `s = max(0, 1 - d)` for mAHP, from class distances.
+
+    This is the one place where the evaluation (mAHP, HP@k curves, the
+    validation callback, the ablation and the report) turns the `[C, C]`
+    target distances into the non-negative similarities that hierarchical
+    precision needs.
+
+    * WUP and LCS distances lie in [0, 1]: `s = 1 - d` exactly, as in the
+      paper and in Barz & Denzler's mAHP.
+    * Cosine distances (`semantics="bert"`) lie in [0, 2]: `s = max(0,
+      cos)`, so a pair whose sentence embeddings are orthogonal or point
+      apart counts as unrelated (similarity 0), never as negatively
+      relevant (hierarchical precision is a ratio of sums of similarities
+      and is meaningless with negative terms). This is the rule of the
+      caption protocol (`evaluation.caption_similarity_matrix`:
+      `clip(cos, 0, 1)`), so class and caption mAHP treat opposite
+      embeddings alike. Rescaling `1 - d / 2` was not chosen: it would give
+      an orthogonal (unrelated) pair similarity 1/2 and change every BERT
+      similarity, including the positive ones the paper's mAHP uses.
+
+    Args:
+        distances: array `[C, C]` of class distances >= 0.
+
+    Returns:
+        float64 array `[C, C]` in [0, 1] (1 on the zero diagonal).
+    """
+    return np.maximum(1.0 - np.asarray(distances, dtype=np.float64), 0.0)

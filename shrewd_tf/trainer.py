@@ -35,6 +35,7 @@ from shrewd_tf import config as config_lib
 from shrewd_tf import evaluation
 from shrewd_tf import inputs
 from shrewd_tf import models
+from shrewd_tf import semantics
 from shrewd_tf import training
 
 log = logging.getLogger(__name__)
@@ -234,7 +235,7 @@ def _validation_callback(config, data):
         return callbacks_lib.RetrievalEvaluation(
             dataset,
             data.test_labels[:count],
-            1.0 - data.class_distances,
+            semantics.class_similarity(data.class_distances),
             every=config.train.eval_every,
         )
     return CaptionRetrievalEvaluation(

@@ -1,9 +1,11 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from shrewd_tf import evaluation
+from shrewd_tf import semantics
 
 
 def one_hot_codes(labels, bits=8):
@@ -42,6 +44,32 @@ def test_k_is_capped_by_the_database():
     # k becomes N - 1 = 5: 2 same-class items then 3 others of sim 0.
     # HP@1..5 = 1, 1, 2/2, 2/2, 2/2 (the ideal also has only 2 with s=1).
     assert result["mahp_float"] == pytest.approx(4 / 5)
+
+
+def test_bert_class_distances_above_one_give_zero_similarity():
+    """BERT cosine distances reach 2; mAHP counts those pairs as unrelated.
+
+    Classes 0, 1, 2 with cos(0, 1) = -1, cos(0, 2) = 0.6, cos(1, 2) = -0.6,
+    so s = max(0, cos) = [[1, 0, .6], [0, 1, 0], [.6, 0, 1]]. One image
+    per class, float codes at 0, 3 and 1 on a line (L1 distances 3, 1, 2),
+    k = 2. Query 0: item 2 (s .6) then item 1 (s 0); the ideal is the same
+    (.6, 0), HP@1 = HP@2 = 1, AHP@2 = (2 - 1) / 2 = 1/2. Query 1: both
+    neighbours have s = 0 and so has the ideal, AHP = 0. Query 2: item 0
+    (s .6) then item 1 (s 0): AHP = 1/2. mAHP = 1/3.
+    """
+    from tests.shrewd_tf import helpers
+
+    embeddings = np.array([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8]])
+    distances = semantics.embedding_distance_matrix(embeddings, "cosine")
+    assert distances.max() > 1
+    data = dataclasses.replace(
+        helpers.make_data(train=4, test=3), test_labels=np.arange(3),
+        class_names=["x", "y", "z"], class_distances=distances,
+    )
+    codes = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0]], np.float32)
+    result = evaluation.experiment_metrics(data, {"code": codes}, k=2)
+    assert result["mahp_float"] == pytest.approx(1 / 3)
+    assert np.isfinite(result["mahp_binary"])
 
 
 def test_zero_shot_flat_hits_hand_case():

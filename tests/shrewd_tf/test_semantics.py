@@ -274,3 +274,17 @@ def test_class_similarity():
     np.testing.assert_array_equal(
         semantics.class_similarity(distances), [[1.0, 0.75], [0.75, 1.0]]
     )
+
+
+def test_class_similarity_of_opposite_bert_embeddings_is_zero():
+    # cos(e0, e1) = -1, cos(e0, e2) = 0.6, cos(e1, e2) = -0.6: cosine
+    # distances 2, 0.4 and 1.6; similarities max(0, cos) = 0, 0.6 and 0.
+    embeddings = np.array([[1.0, 0.0], [-2.0, 0.0], [0.6, 0.8]])
+    distances = semantics.embedding_distance_matrix(embeddings, "cosine")
+    np.testing.assert_allclose(
+        distances, [[0, 2, 0.4], [2, 0, 1.6], [0.4, 1.6, 0]], atol=1e-12
+    )
+    np.testing.assert_allclose(
+        semantics.class_similarity(distances),
+        [[1, 0, 0.6], [0, 1, 0], [0.6, 0, 1]], atol=1e-12,
+    )
