@@ -16,9 +16,13 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
     Computes codes for `dataset` (query = database, query excluded) and adds
     `val_mahp_float`, `val_mahp_binary`, `val_map_binary`,
-    `val_binary_entropy` and `val_accuracy_head` to the epoch logs, so
-    TensorBoard, CSVLogger and the History see them. Put it BEFORE those
-    callbacks in the list.
+    `val_binary_entropy_bits` (bits, paper scale: log2 N for uniform
+    codes), `val_binary_entropy` (Kozachenko-Leonenko, nats),
+    `val_near_binary` (fraction of code values within 0.1 of 0 or 1),
+    `val_bit_balance_deviation` (mean |P(bit) - 0.5|) and
+    `val_accuracy_head` to the epoch logs (see
+    `evaluation.retrieval_metrics`), so TensorBoard, CSVLogger and the
+    History see them. Put it BEFORE those callbacks in the list.
 
     Args:
         dataset: batched tf.data.Dataset of standardised images (labels, if
@@ -61,7 +65,8 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             key: values[key]
             for key in (
                 "mahp_float", "mahp_binary", "map_binary",
-                "binary_entropy", "accuracy",
+                "binary_entropy_bits", "binary_entropy", "near_binary",
+                "bit_balance_deviation", "accuracy",
             )
             if key in values
         }

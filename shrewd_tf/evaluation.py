@@ -6,7 +6,10 @@ database (`exclude_self=True`). mAHP@250 is reported on float codes
 (Manhattan ranking) and on binarised codes (Hamming ranking, tie-aware);
 mAP@250 on binarised codes (as in the paper's tables, plus float);
 accuracy of the (detached or attached) classification head; the binary
-entropy of the codes (Kozachenko-Leonenko, nats).
+entropy of the codes in bits on the paper's scale (uniform codes: log2 N;
+`metrics.binary_entropy_bits`) and as the Kozachenko-Leonenko estimate in
+nats; how binary, balanced and distinct the codes are
+(`metrics.code_statistics`).
 
 Caption supervision (records with caption embeddings e_i; the paper's
 Conceptual Captions protocol, Table 4), same query/database protocol:
@@ -50,8 +53,11 @@ TABLE_COLUMNS = (
     ("mahp_caption_binary", "caption mAHP@250 bin"),
     ("kendall_tau_float", "Kendall tau float"),
     ("kendall_tau_binary", "Kendall tau bin"),
-    ("binary_entropy", "binary entropy (nats)"),
-    ("unique_codes", "unique codes"),
+    ("binary_entropy_bits", "binary entropy (bits; uniform = log2 N)"),
+    ("binary_entropy", "KL entropy (nats)"),
+    ("near_binary", "near-binary"),
+    ("bit_balance_deviation", "bit balance dev."),
+    ("distinct_codes", "distinct codes"),
     ("wall_seconds", "train wall (s)"),
 )
 
@@ -86,9 +92,14 @@ def retrieval_metrics(
         kendall_queries: queries of the Kendall tau (None: all).
 
     Returns:
-        dict of floats: binary_entropy, unique_codes, code_mean,
-        bit_balance; with labels map_float, map_binary (and accuracy with
-        logits); with labels and class_similarity mahp_float, mahp_binary;
+        dict of floats: binary_entropy (Kozachenko-Leonenko, nats,
+        `metrics.binary_entropy`), binary_entropy_bits (the paper's scale:
+        log2 N for uniform codes, `metrics.binary_entropy_bits`), the
+        `metrics.code_statistics` near_binary, bit_balance_deviation,
+        distinct_codes and distinct_fraction, unique_codes (=
+        distinct_codes), code_mean, bit_balance (mean bit); with labels
+        map_float, map_binary (and accuracy with logits); with labels and
+        class_similarity mahp_float, mahp_binary;
         with embeddings mahp_caption_float, mahp_caption_binary,
         kendall_tau_float, kendall_tau_binary.
     """
@@ -118,11 +129,11 @@ def retrieval_metrics(
             )
         )
     result["binary_entropy"] = metrics.binary_entropy(codes)
-    bits = codes > 0.5
-    result["unique_codes"] = float(len(np.unique(np.packbits(bits, axis=1), axis=0)))
-    # How binary and how balanced the codes are (1.0 / 0.5 at best).
+    result["binary_entropy_bits"] = metrics.binary_entropy_bits(codes)
+    result.update(metrics.code_statistics(codes))
+    result["unique_codes"] = result["distinct_codes"]  # the older name
     result["code_mean"] = float(codes.mean())
-    result["bit_balance"] = float(bits.mean())
+    result["bit_balance"] = float((codes > 0.5).mean())  # mean bit, 0.5 best
     if logits is not None and labels is not None:
         predicted = np.argmax(np.asarray(logits), axis=1)
         result["accuracy"] = float(np.mean(predicted == labels))
@@ -371,7 +382,9 @@ def markdown_table(rows, title="Retrieval metrics"):
                 cells.append("–")
             elif key == "accuracy":
                 cells.append(f"{100 * value:.2f} %")
-            elif key in ("unique_codes", "wall_seconds"):
+            elif key == "near_binary":
+                cells.append(f"{100 * value:.1f} %")
+            elif key in ("unique_codes", "distinct_codes", "wall_seconds"):
                 cells.append(f"{value:.0f}")
             else:
                 cells.append(f"{value:.4f}")

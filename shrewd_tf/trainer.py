@@ -175,9 +175,11 @@ class CaptionRetrievalEvaluation(keras.callbacks.Callback):
     """Per-epoch caption-supervised retrieval metrics on a validation set.
 
     Adds `val_mahp_caption_float`, `val_mahp_caption_binary`,
-    `val_kendall_tau_float`, `val_kendall_tau_binary`, `val_binary_entropy`
-    (and `val_map_binary`, `val_accuracy_head` with labels) to the epoch
-    logs; see `evaluation.retrieval_metrics`. Put it before the loggers.
+    `val_kendall_tau_float`, `val_kendall_tau_binary`,
+    `val_binary_entropy_bits`, `val_binary_entropy`, `val_near_binary`,
+    `val_bit_balance_deviation` (and `val_map_binary`, `val_accuracy_head`
+    with labels) to the epoch logs; see `evaluation.retrieval_metrics`.
+    Put it before the loggers.
 
     Args:
         dataset: batched standardised images, in the order of `embeddings`.
@@ -190,7 +192,8 @@ class CaptionRetrievalEvaluation(keras.callbacks.Callback):
 
     KEYS = (
         "mahp_caption_float", "mahp_caption_binary", "kendall_tau_float",
-        "kendall_tau_binary", "binary_entropy", "map_binary", "accuracy",
+        "kendall_tau_binary", "binary_entropy_bits", "binary_entropy",
+        "near_binary", "bit_balance_deviation", "map_binary", "accuracy",
     )
 
     def __init__(self, dataset, embeddings, labels=None, every=1, k=250,

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from shrewd_tf import evaluation
+from shrewd_tf import metrics
 from shrewd_tf import semantics
 
 
@@ -35,6 +36,16 @@ def test_perfect_class_codes():
     assert result["accuracy"] == 1.0
     assert result["unique_codes"] == 3
     assert result["bit_balance"] == pytest.approx(1 / 8)
+    # Code statistics: every value is exactly 0 or 1; bits 0-2 are on for
+    # 5 of 15 codes (|1/3 - 1/2| = 1/6), bits 3-7 never (1/2): mean 3/8.
+    assert result["near_binary"] == 1.0
+    assert result["bit_balance_deviation"] == pytest.approx(3 / 8)
+    assert result["distinct_codes"] == 3
+    assert result["distinct_fraction"] == pytest.approx(3 / 15)
+    # Each code has 4 duplicates: every rho is 0 -> 1/2 (log2 = -1).
+    assert result["binary_entropy_bits"] == pytest.approx(
+        np.log2(15) - 1 - metrics.uniform_mean_log2_hamming(15, 8)
+    )
 
 
 def test_k_is_capped_by_the_database():
@@ -44,6 +55,21 @@ def test_k_is_capped_by_the_database():
     # k becomes N - 1 = 5: 2 same-class items then 3 others of sim 0.
     # HP@1..5 = 1, 1, 2/2, 2/2, 2/2 (the ideal also has only 2 with s=1).
     assert result["mahp_float"] == pytest.approx(4 / 5)
+
+
+def test_markdown_table_shows_entropies_and_code_statistics():
+    row = {"binary_entropy_bits": 19.93, "binary_entropy": -51.3,
+           "near_binary": 0.9731, "bit_balance_deviation": 0.0123,
+           "distinct_codes": 4866.0, "unique_codes": 4866.0}
+    lines = evaluation.markdown_table({"SIM-KL": row}).splitlines()
+    assert lines[2] == (
+        "| model | binary entropy (bits; uniform = log2 N) | "
+        "KL entropy (nats) | near-binary | bit balance dev. | "
+        "distinct codes |"
+    )
+    assert lines[4] == (
+        "| SIM-KL | 19.9300 | -51.3000 | 97.3 % | 0.0123 | 4866 |"
+    )
 
 
 def test_bert_class_distances_above_one_give_zero_similarity():

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -263,3 +264,44 @@ def test_labelled_tfrecords_train_with_class_losses(tmp_path):
     # The records carry captions, so the caption metrics come too.
     for key in CAPTION_METRICS:
         assert np.isfinite(metrics[key]), key
+
+
+def test_validation_callback_with_bert_distances_above_one(tmp_path):
+    """semantics="bert": cosine distances up to 2. The trainer's validation
+    callback must give finite mAHP with s = max(0, cos) and log the code
+    statistics of the codes it computed."""
+    from shrewd_tf import metrics
+    from shrewd_tf import semantics
+
+    # cos: (0,1) = -1, (0,2) = .6, (0,3) = 0, (1,2) = -.6, (1,3) = 0,
+    # (2,3) = .8; s = max(0, cos) written out by hand.
+    embeddings = np.array([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8], [0.0, 1.0]])
+    similarity = np.array(
+        [[1, 0, 0.6, 0], [0, 1, 0, 0], [0.6, 0, 1, 0.8], [0, 0, 0.8, 1]]
+    )
+    data = dataclasses.replace(
+        helpers.make_data(train=8, test=40),
+        class_distances=semantics.embedding_distance_matrix(embeddings),
+    )
+    assert data.class_distances.max() == pytest.approx(2.0)
+    config = tiny_config(tmp_path).with_overrides({"train.eval_every": 1})
+    callback = trainer._validation_callback(config, data)
+    model = keras.Sequential([
+        keras.Input(data.input_shape), keras.layers.Flatten(),
+        keras.layers.Dense(16, activation="sigmoid"),
+    ])
+    callback.set_model(model)
+    logs = {}
+    callback.on_epoch_end(0, logs)
+    codes = np.asarray(model.predict(data.eval_dataset(data.test_images),
+                                     verbose=0))
+    labels = data.test_labels
+    expected = metrics.mean_average_hierarchical_precision(
+        codes, labels, codes, labels, similarity, k=39, exclude_self=True
+    )
+    assert logs["val_mahp_float"] == pytest.approx(expected, rel=1e-6)
+    near = np.minimum(np.abs(codes), np.abs(codes - 1)) <= 0.1
+    assert logs["val_near_binary"] == pytest.approx(near.mean())
+    balance = np.abs((codes > 0.5).mean(axis=0) - 0.5).mean()
+    assert logs["val_bit_balance_deviation"] == pytest.approx(balance)
+    assert np.isfinite(logs["val_binary_entropy_bits"])
