@@ -2,8 +2,9 @@
 
 Modules (one concept each):
 
-* method: `losses` (eq. 2, eq. 4), `pairwise`, `target_sampling`,
-  `estimators`, `semantics`, `class_synsets`, `wordnet_corpus`;
+* method: `losses` (eq. 2, eq. 4), `loss_layers` (the same as Keras loss
+  layers), `pairwise`, `target_sampling`, `estimators`, `semantics`,
+  `class_synsets`, `wordnet_corpus`;
 * evaluation: `metrics`, `ranking`, `evaluation`, `experiments`;
 * data and models: `config`, `datasets`, `inputs`, `models`;
 * training: `training` (strategy, precision, compile), `trainer` (fit),
