@@ -86,7 +86,8 @@ def _zero_shot(args):
     config = _load_config(args)
     holdout = [int(c) for c in args.holdout.split(",")]
     experiments.run_zero_shot(
-        config, args.output_dir, holdout, loss_sets=args.losses.split(",")
+        config, args.output_dir, holdout, loss_sets=args.losses.split(","),
+        database=args.database,
     )
     with open(f"{args.output_dir}/zero_shot.md") as f:
         print(f.read())
@@ -243,6 +244,11 @@ def build_parser():
         "--holdout", required=True, help="comma-separated class ids"
     )
     zero_shot.add_argument("--losses", default="CLASS,SIM-KL-CLASS")
+    zero_shot.add_argument(
+        "--database", choices=("unseen", "all"), default="unseen",
+        help="retrieve among the unseen-class test images only (the "
+        "paper's Table 5, default) or among all test images",
+    )
     zero_shot.set_defaults(run=_zero_shot)
 
     export = commands.add_parser(

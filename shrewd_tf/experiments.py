@@ -91,9 +91,23 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
 
 
 def run_zero_shot(base_config, output_dir, holdout_classes,
-                  loss_sets=("CLASS", "SIM-KL-CLASS"), ks=(1, 2, 5, 10),
-                  verbose="auto"):
+                  loss_sets=("CLASS", "SIM-KL-CLASS"),
+                  ks=evaluation.ZERO_SHOT_KS, verbose="auto",
+                  database="unseen"):
     """Flat hit@K on classes held out of training (the paper's Table 5).
+
+    Each loss set is trained without the `holdout_classes`; the unseen-class
+    test images are then the queries of `evaluation.zero_shot_flat_hits`.
+
+    Args:
+        base_config: the ExperimentConfig every run starts from.
+        output_dir: each run goes to `output_dir/<loss set>/`.
+        holdout_classes: class ids left out of training.
+        loss_sets: names from `config.LOSS_SETS`.
+        ks: the K of hit@K (default the paper's 1, 2, 5, 10, 20).
+        verbose: Keras verbosity.
+        database: "unseen" (default, the paper: retrieve among the
+            unseen-class test images only) or "all" (every test image).
 
     Returns:
         dict {loss set: {"hit@k": fraction, ...}}; also written to
@@ -114,23 +128,35 @@ def run_zero_shot(base_config, output_dir, holdout_classes,
         )
         result = trainer.train(config, data=data, verbose=verbose)
         hits = evaluation.zero_shot_flat_hits(
-            result.test_outputs["code"], data.test_labels, holdout_classes, ks
+            result.test_outputs["code"], data.test_labels, holdout_classes,
+            ks, database=database,
         )
         rows[losses] = {f"hit@{k}": v for k, v in hits.items()}
-    write_zero_shot(rows, output_dir, holdout_classes, data.class_names)
+    write_zero_shot(
+        rows, output_dir, holdout_classes, data.class_names, database
+    )
     return rows
 
 
-def write_zero_shot(rows, output_dir, holdout_classes, class_names):
-    """zero_shot.json and zero_shot.md (hit@K in percent)."""
+def write_zero_shot(rows, output_dir, holdout_classes, class_names,
+                    database="unseen"):
+    """zero_shot.json and zero_shot.md (hit@K in percent); the markdown
+    names the unseen classes and the database protocol."""
     import json
 
     from shrewd_tf import config as config_lib
 
     names = ", ".join(class_names[c] for c in holdout_classes)
     keys = list(next(iter(rows.values())))
+    searched = (
+        "unseen-class test images only" if database == "unseen"
+        else "all test images"
+    )
     lines = [
         f"### Zero-shot flat hit@K (unseen: {names})",
+        "",
+        f"Queries: unseen-class test images; database: {searched} "
+        "(each query left out).",
         "",
         "| model | " + " | ".join(keys) + " |",
         "|---|" + "---|" * len(keys),

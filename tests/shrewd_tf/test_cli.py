@@ -174,3 +174,27 @@ def test_export_names_missing_run_files(tmp_path, capsys):
             str(tmp_path / "e"), "--model-name", "m"]
     assert cli.main(argv) == 1
     assert "model.keras" in capsys.readouterr().err
+
+
+# === zero-shot ===
+
+
+@pytest.mark.parametrize(
+    "extra, database", [([], "unseen"), (["--database", "all"], "all")]
+)
+def test_zero_shot_database_flag(tmp_path, monkeypatch, capsys, extra,
+                                 database):
+    from shrewd_tf import experiments
+
+    seen = {}
+
+    def fake_run(config, output_dir, holdout, loss_sets, database):
+        seen.update(holdout=holdout, loss_sets=loss_sets, database=database)
+        (tmp_path / "zero_shot.md").write_text("| table |\n")
+
+    monkeypatch.setattr(experiments, "run_zero_shot", fake_run)
+    argv = ["zero-shot", "--holdout", "2,9", "--output-dir", str(tmp_path)]
+    assert cli.main(argv + extra) == 0
+    assert seen == {"holdout": [2, 9], "loss_sets": ["CLASS", "SIM-KL-CLASS"],
+                    "database": database}
+    assert "| table |" in capsys.readouterr().out

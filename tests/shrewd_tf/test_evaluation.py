@@ -105,14 +105,58 @@ def test_zero_shot_flat_hits_hand_case():
         np.float32,
     )
     labels = np.array([0, 0, 1, 2, 2, 1])
-    hits = evaluation.zero_shot_flat_hits(codes, labels, [2], ks=(1, 2, 3))
+    hits = evaluation.zero_shot_flat_hits(
+        codes, labels, [2], ks=(1, 2, 3), database="all"
+    )
     # Query 3 [0, .3]: item 1 (class 0) at .2, item 0 (0) at .3, item 2 (1)
     #   at 9.7, item 4 (2) at 9.9 -> labels [0, 1, 2]: hit only at 3.
     # Query 4 [5, 5.2]: item 2 (1) at .2, item 5 (1) at .3, item 3 (2) at
     #   9.9 -> labels [1, 2, 0]: hit at 2.
     assert hits == {1: 0.0, 2: 0.5, 3: 1.0}
+    # The paper's protocol: the database is items 3 and 4 only, each the
+    # other's one neighbour, of the query's class.
+    assert evaluation.zero_shot_flat_hits(
+        codes, labels, [2], ks=(1, 2, 3)
+    ) == {1: 1.0, 2: 1.0, 3: 1.0}
     with pytest.raises(ValueError, match="unseen_classes=\\(7,\\)"):
         evaluation.zero_shot_flat_hits(codes, labels, [7])
+    with pytest.raises(ValueError, match="database='seen'"):
+        evaluation.zero_shot_flat_hits(codes, labels, [2], database="seen")
+
+
+def test_zero_shot_flat_hits_both_protocols_two_unseen_classes():
+    """Classes 1 and 2 unseen; codes on a line (L1 = |x - x'|).
+
+    item:  0    1    2    3    4    5    6
+    class: 0    1    2    1    2    0    1
+    code:  0.0  1.0  1.2  5.0  5.5  1.1  5.2
+
+    database="unseen" (items 1, 2, 3, 4, 6):
+      q1 (1.0): 2 (c2, .2), 3 (c1, 4) -> [2, 1]: rank 2
+      q2 (1.2): 1 (c1, .2), 3, 6, 4 (c2, 4.3) -> [1, 2]: rank 2
+      q3 (5.0): 6 (c1, .2) -> rank 1
+      q4 (5.5): 6 (c1, .3), 3 (c1, .5), 2 (c2, 4.3) -> [1, 2]: rank 2
+      q6 (5.2): 3 (c1, .2) -> rank 1
+      hit@1 = 2/5, hit@2 = 1.
+    database="all" (the seen items 0 and 5 too):
+      q1: 5 (c0, .1), 2 (c2, .2), 0 (c0, 1.0), 3 (c1, 4) -> [0, 2, 1]: 3
+      q2: 5 (c0, .1), 1 (c1, .2), 0 (c0, 1.2), ..., 4 (c2) -> [0, 1, 2]: 3
+      q3: rank 1; q4: 6, 3 (c1), 2 (c2, 4.3), 5 (c0, 4.4) -> rank 2;
+      q6: rank 1. hit@1 = 2/5, hit@2 = 3/5, hit@3 = 1.
+    """
+    line = np.array([0.0, 1.0, 1.2, 5.0, 5.5, 1.1, 5.2], np.float32)
+    codes = np.stack([line, np.zeros_like(line)], axis=1)
+    labels = np.array([0, 1, 2, 1, 2, 0, 1])
+    unseen = evaluation.zero_shot_flat_hits(codes, labels, [1, 2], ks=(1, 2, 3))
+    assert unseen == pytest.approx({1: 2 / 5, 2: 1.0, 3: 1.0})
+    every = evaluation.zero_shot_flat_hits(
+        codes, labels, [1, 2], ks=(1, 2, 3), database="all"
+    )
+    assert every == pytest.approx({1: 2 / 5, 2: 3 / 5, 3: 1.0})
+    # The paper's K by default.
+    assert tuple(evaluation.zero_shot_flat_hits(codes, labels, [1, 2])) == (
+        1, 2, 5, 10, 20
+    )
 
 
 def test_write_metrics_json_and_markdown(tmp_path):

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from shrewd_tf import config as config_lib
+from shrewd_tf import evaluation
 from shrewd_tf import experiments
 from shrewd_tf import inputs
 from tests.shrewd_tf import helpers
@@ -64,15 +65,26 @@ def test_zero_shot_trains_without_the_held_out_classes(tmp_path, monkeypatch):
         )
 
     monkeypatch.setattr(inputs, "load_experiment_data", fake_load)
+    flat_hits = evaluation.zero_shot_flat_hits
+
+    def spy(*args, **kwargs):
+        seen["database"] = kwargs["database"]
+        return flat_hits(*args, **kwargs)
+
+    monkeypatch.setattr(evaluation, "zero_shot_flat_hits", spy)
     rows = experiments.run_zero_shot(
         base_config(tmp_path), str(tmp_path), [3], loss_sets=("CLASS",),
         ks=(1, 2), verbose=0,
     )
     assert seen["holdout"] == (3,)
+    assert seen["database"] == "unseen"  # the paper's protocol by default
     assert set(rows["CLASS"]) == {"hit@1", "hit@2"}
-    assert 0.0 <= rows["CLASS"]["hit@1"] <= rows["CLASS"]["hit@2"] <= 1.0
+    # One unseen class in an unseen-only database: every label predicted
+    # first is class 3 (each class-3 test image has class-3 neighbours).
+    assert rows["CLASS"]["hit@1"] == 1.0
     markdown = (tmp_path / "zero_shot.md").read_text()
     assert "unseen: d" in markdown and "| CLASS |" in markdown
+    assert "database: unseen-class test images only" in markdown
 
 
 def test_ablation_refuses_caption_data_without_class_distances(tmp_path):
