@@ -168,13 +168,19 @@ def make_optimizer(train_config, num_replicas=1, steps_per_epoch=1):
 def loss_weights(loss_config, labelled=True):
     """Weights of the active terms of eq. 1, by model output.
 
-    With L_sim on: sim 1, KL lambda1, CLASS/REG lambda2. Without L_sim the
-    remaining weights are rescaled so the largest is 1 (KL-CLASS: 1 and 1,
-    CLASS: 1), which keeps the loss on the scale the L2 regulariser and the
-    optimiser's defaults expect. With labelled data and CLASS off, the
-    detached classification head is still trained, with weight 1 (REG sets
-    included): its gradient stops at the code, and it gives the accuracy.
-    Unlabelled data has no classification head.
+    Eq. 1 literally, L = L_sim + lambda1 L_KL + lambda2 L_cls, for every
+    loss set: sim 1, KL lambda1 (`kl_weight`), CLASS/REG lambda2
+    (`class_weight`), and a term that is off is simply absent. So KL-CLASS
+    trains with lambda1 and lambda2, CLASS with lambda2, and REG with
+    lambda2: the ablation rows differ only in the terms they drop, with the
+    same weight per term and the same balance against the model's L2 and
+    the optimiser's weight decay. (Earlier versions rescaled the weights
+    without L_sim so the largest was 1; that made KL-CLASS and CLASS
+    effectively 100x less regularised than eq. 1 and is gone.) With
+    labelled data and CLASS off, the detached classification head is still
+    trained, with weight 1 (REG sets included): its gradient stops at the
+    code, so it changes no code and only gives the accuracy. Unlabelled
+    data has no classification head.
 
     Args:
         loss_config: `config.LossConfig`.
@@ -200,9 +206,6 @@ def loss_weights(loss_config, labelled=True):
         raw[LOGITS_OUTPUT] = loss_config.class_weight
     if "reg" in terms:
         raw[EMBEDDING_OUTPUT] = loss_config.class_weight
-    if "sim" not in terms:
-        top = max(raw.values())
-        raw = {name: weight / top for name, weight in raw.items()}
     if "class" not in terms and labelled:
         raw[LOGITS_OUTPUT] = 1.0  # the detached head
     return raw

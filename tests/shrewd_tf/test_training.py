@@ -46,15 +46,16 @@ def test_precision_policy(float32_policy):
         ("SIM-KL-CLASS", {"code": 1.0, "code_kl": 0.01, "logits": 0.01}),
         ("SIM-KL", {"code": 1.0, "code_kl": 0.01, "logits": 1.0}),
         ("SIM", {"code": 1.0, "logits": 1.0}),
-        # Without L_sim: rescaled so the largest weight is 1.
-        ("KL-CLASS", {"code_kl": 1.0, "logits": 1.0}),
-        ("CLASS", {"logits": 1.0}),
+        # Without L_sim: eq. 1 as written too (lambda1, lambda2), not
+        # rescaled, so ablation rows weigh each term alike.
+        ("KL-CLASS", {"code_kl": 0.01, "logits": 0.01}),
+        ("CLASS", {"logits": 0.01}),
         # Labelled caption data: the detached head still learns (accuracy).
         (
             "SIM-KL-REG",
             {"code": 1.0, "code_kl": 0.01, "embedding": 0.01, "logits": 1.0},
         ),
-        ("REG", {"embedding": 1.0, "logits": 1.0}),
+        ("REG", {"embedding": 0.01, "logits": 1.0}),
     ],
 )
 def test_loss_weights_follow_eq_1(losses, expected):
@@ -65,12 +66,21 @@ def test_loss_weights_follow_eq_1(losses, expected):
     )
 
 
+def test_loss_weights_are_the_configured_lambdas_without_sim():
+    cfg = config_lib.LossConfig(
+        losses="KL-CLASS", kl_weight=0.03, class_weight=0.2
+    )
+    assert training.loss_weights(cfg) == {"code_kl": 0.03, "logits": 0.2}
+    cfg = config_lib.LossConfig(losses="CLASS", class_weight=0.2)
+    assert training.loss_weights(cfg) == {"logits": 0.2}
+
+
 @pytest.mark.parametrize(
     "losses, expected",
     [
         ("SIM-KL-REG", {"code": 1.0, "code_kl": 0.01, "embedding": 0.01}),
         ("SIM-KL", {"code": 1.0, "code_kl": 0.01}),
-        ("REG", {"embedding": 1.0}),
+        ("REG", {"embedding": 0.01}),
     ],
 )
 def test_unlabelled_data_has_no_classification_loss(losses, expected):
