@@ -566,3 +566,78 @@ def test_mirrored_strategy_optimises_mean_of_per_replica_losses():
     )
     assert sim_value == pytest.approx(expected, rel=1e-5)
     assert math.isfinite(kl_first) and kl_first != kl_second
+
+
+def test_mixed_float16_values_match_float32_within_input_rounding(
+    float32_policy,
+):
+    """Under `mixed_float16` the codes arrive in float16; the losses cast
+    them to float32, so their values must be the float32 values of the
+    ROUNDED codes (float32 arithmetic: rel 1e-5), and differ from the
+    float32 values of the unrounded codes by no more than that rounding can
+    explain. Rounding to float16 moves a code in [0, 1] by |delta| <= 2^-12
+    (half the float16 spacing 2^-11 of [0.5, 1)); the bounds below are
+    computed from the actual delta."""
+    rng = np.random.default_rng(21)
+    codes32 = rng.random((16, 8)).astype(np.float32)
+    codes16 = codes32.astype(np.float16)
+    rounded = codes16.astype(np.float32)
+    delta = rounded.astype(np.float64) - codes32
+    assert 0 < np.abs(delta).max() <= 2.0**-12
+    labels = rng.integers(0, 3, size=16)
+    target = rng.beta(0.1, 0.1, size=(16, 8)).astype(np.float32)
+
+    def values(policy, codes):
+        keras.mixed_precision.set_global_policy(policy)
+        sim = losses.SimilarityMatchingLoss(class_distances=CLASS_DISTANCES)
+        kl = losses.EmpiricalKLLoss(k=1, seed=7)
+        out = (
+            float(sim(labels, codes)),
+            np.asarray(losses.empirical_kl_per_example(codes, target)),
+            float(kl(labels, codes)),
+        )
+        keras.mixed_precision.set_global_policy("float32")
+        return out
+
+    sim16, kl_terms16, kl16 = values("mixed_float16", tf.constant(codes16))
+    sim_rounded, kl_terms_rounded, kl_rounded = values("float32", rounded)
+    sim32, kl_terms32, kl32 = values("float32", codes32)
+    # float16 in == float32 on the rounded values: computed in float32.
+    assert sim16 == pytest.approx(sim_rounded, rel=1e-5)
+    np.testing.assert_allclose(kl_terms16, kl_terms_rounded, rtol=1e-5,
+                               atol=1e-6)
+    assert kl16 == pytest.approx(kl_rounded, rel=1e-5, abs=1e-6)
+
+    # L_sim = sum_ij w_ij |D_ij / tau - t_ij|: rounding changes it by at
+    # most sum_ij w_ij |D'_ij / tau' - D_ij / tau| (triangle inequality).
+    x, x16 = codes32.astype(np.float64), rounded.astype(np.float64)
+    d = np.abs(x[:, None] - x[None]).sum(-1)
+    d16 = np.abs(x16[:, None] - x16[None]).sum(-1)
+    t = np.asarray(CLASS_DISTANCES)[labels][:, labels]
+    w = (0.1 / (0.1 + t)) ** 2.0
+    sim_bound = np.sum(w * np.abs(d16 / d16.sum() - d / d.sum()))
+    assert abs(sim16 - sim32) <= sim_bound + 1e-5 * sim32
+    assert sim_bound < 1e-2 * sim32  # the tolerance is tight
+
+    # Eq. 4 terms log nu_i - log rho_i: with m_i = |delta_i| and M = max m,
+    # nu_i (to the fixed target) moves by <= m_i and rho_i by <= m_i + M,
+    # and |log a - log b| <= |a - b| / min(a, b).
+    m = np.linalg.norm(delta, axis=1)
+    pair = np.linalg.norm(x[:, None] - x[None], axis=-1)
+    np.fill_diagonal(pair, np.inf)
+    rho = pair.min(axis=1)
+
+    def kl_bound(sample):
+        nu = np.linalg.norm(x[:, None] - sample[None], axis=-1).min(axis=1)
+        assert np.all(nu > m) and np.all(rho > m + m.max())
+        return m / (nu - m) + (m + m.max()) / (rho - m - m.max())
+
+    bound = kl_bound(target)
+    assert np.all(np.abs(kl_terms16 - kl_terms32) <= bound + 1e-5)
+    assert bound.max() < 0.05  # the tolerance is tight
+    # The Keras loss: a fresh sampler with the same seed draws the same
+    # target in both policies (its first draw), so its mean moves by at
+    # most the mean bound for that target.
+    drawn = np.asarray(losses.EmpiricalKLLoss(k=1, seed=7).sample_target(
+        (16, 8)))
+    assert abs(kl16 - kl32) <= kl_bound(drawn).mean() + 1e-5
