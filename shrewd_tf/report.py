@@ -5,9 +5,13 @@
 * `hp_curves.png`: mean hierarchical precision HP@k for k = 1..250 per
   configuration, float codes (solid, Manhattan ranking) against binarised
   codes (dashed, Hamming ranking, tie-aware): the paper's Fig. 2.
-* `code_histogram.png`: the distribution of code values per configuration;
-  near-binary codes pile up at 0 and 1, codes that the binarisation will
-  hurt sit near 0.5.
+* `code_histogram.png`: the distribution of code values per configuration
+  (log-scale counts, so piles at 0 and 1 and a thin middle both show), with
+  lines at 0, 0.5 (the binarisation threshold) and 1, the near-binary bands
+  within 0.1 of 0 and 1 shaded, and the near-binary percentage in each
+  title; codes that the binarisation will hurt sit near 0.5.
+* a code statistics table (`metrics.code_statistics` of each run's codes):
+  near-binary fraction, bit balance deviation, distinct binary codes.
 * `retrieval_<run>.png`: a grid of query images (first column) and their
   top results by Hamming distance, titled with label and distance; a
   result of the query's class has a green title (the paper's Fig. 3).
@@ -26,6 +30,7 @@ from shrewd_tf import metrics
 from shrewd_tf.config import write_text_atomically
 
 CURVE_KS = np.unique(np.geomspace(1, 250, 40).round().astype(int))
+NEAR_BINARY_TOLERANCE = 0.1  # a code value within this of 0 or 1
 GRID_QUERIES = 6
 GRID_RESULTS = 8
 
@@ -37,8 +42,9 @@ class RunOutputs:
     Attributes:
         codes: float [N, d] codes of the evaluation images.
         labels: int [N] class ids (for caption data: `arange(N)`).
-        similarity: float [C, C] similarity between labels (1 - class
-            distance; for captions an [N, N] embedding similarity).
+        similarity: float [C, C] similarity between labels
+            (`semantics.class_similarity` of the class distances; for
+            captions an [N, N] embedding similarity).
         metrics: the row of the metrics table.
         images: optional uint8 [N, H, W, C] for the retrieval grid.
         label_names: optional names of the labels for titles.
@@ -92,22 +98,58 @@ def plot_hp_curves(runs, path, ks=CURVE_KS):
     plt.close(figure)
 
 
-def plot_code_histograms(runs, path, bins=50):
-    """Histogram of code values per run, with the 0.5 threshold marked."""
+def plot_code_histograms(runs, path, bins=50, tolerance=NEAR_BINARY_TOLERANCE):
+    """Histogram of code values per run that shows how binary they are.
+
+    Counts are on a log axis, so the piles at 0 and 1 and the few values in
+    between are all visible. Solid lines mark 0 and 1, a dotted line the
+    binarisation threshold 0.5; the bands within `tolerance` of 0 and 1 are
+    shaded, and each title gives the near-binary percentage (values in
+    those bands, `metrics.code_statistics`).
+
+    Returns:
+        {run name: `metrics.code_statistics` of its codes}.
+    """
     plt = _pyplot()
     count = len(runs)
     figure, axes = plt.subplots(1, count, figsize=(3.2 * count, 2.8), squeeze=False)
+    statistics = {}
     for axis, (name, run) in zip(axes[0], runs.items()):
         values = np.asarray(run.codes, np.float32).ravel()
-        axis.hist(values, bins=bins, range=(min(0.0, values.min()), max(1.0, values.max())),
-                  color="C0")
+        statistics[name] = metrics.code_statistics(run.codes, tolerance)
+        for centre in (0.0, 1.0):
+            axis.axvspan(centre - tolerance, centre + tolerance, color="C2",
+                         alpha=0.2, linewidth=0)
+            axis.axvline(centre, color="C2", linewidth=1)
         axis.axvline(0.5, color="C3", linestyle=":")
-        axis.set_title(name, fontsize=8)
+        low = min(-tolerance, float(values.min()))
+        high = max(1.0 + tolerance, float(values.max()))
+        axis.hist(values, bins=bins, range=(low, high), color="C0")
+        axis.set_xlim(low, high)
+        near = 100 * statistics[name]["near_binary"]
+        axis.set_title(f"{name}\nnear-binary (±{tolerance:g}): {near:.1f} %",
+                       fontsize=8)
         axis.set_xlabel("code value")
         axis.set_yscale("log")
+        axis.set_ylim(bottom=0.8)  # a single value still shows; from 1 up
     axes[0][0].set_ylabel("count (log)")
     _save(figure, path)
     plt.close(figure)
+    return statistics
+
+
+def code_statistics_table(statistics):
+    """Markdown table of `metrics.code_statistics` per run."""
+    lines = ["| model | near-binary | bit balance dev. | distinct codes |",
+             "|---|---|---|---|"]
+    for name, values in statistics.items():
+        lines.append(
+            f"| {name} | {100 * values['near_binary']:.1f} % | "
+            f"{values['bit_balance_deviation']:.4f} | "
+            f"{values['distinct_codes']:.0f} "
+            f"({100 * values['distinct_fraction']:.1f} %) |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def hamming_neighbours(codes, queries, count):
@@ -187,7 +229,9 @@ def write_report(output_dir, runs, title="SHREWD evaluation report", notes=()):
         raise ValueError("write_report needs at least one run. Received: {}")
     os.makedirs(output_dir, exist_ok=True)
     plot_hp_curves(runs, os.path.join(output_dir, "hp_curves.png"))
-    plot_code_histograms(runs, os.path.join(output_dir, "code_histogram.png"))
+    statistics = plot_code_histograms(
+        runs, os.path.join(output_dir, "code_histogram.png")
+    )
     grids = {}
     for name, run in runs.items():
         if run.images is not None:
@@ -199,6 +243,11 @@ def write_report(output_dir, runs, title="SHREWD evaluation report", notes=()):
     lines += ["## Hierarchical precision@k", "",
               "![HP@k curves, float vs binary](hp_curves.png)", ""]
     lines += ["## Code values", "",
+              f"Near-binary: values within {NEAR_BINARY_TOLERANCE:g} of 0 or "
+              "1 (shaded). Bit balance deviation: mean over bits of "
+              "|P(bit on) - 0.5| (0 is balanced, 0.5 a constant bit). "
+              "Distinct codes: distinct binarised codes (code > 0.5).", "",
+              code_statistics_table(statistics),
               "![histogram of code values](code_histogram.png)", ""]
     if grids:
         lines += ["## Retrieval examples (Hamming ranking)", "",

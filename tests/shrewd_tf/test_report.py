@@ -39,11 +39,38 @@ def test_write_report_writes_markdown_and_readable_plots(tmp_path):
     text = open(path).read()
     assert "| SIM-KL-CLASS |" in text and "| CLASS |" in text
     assert "Protocol: test." in text
+    # Code statistics per model, from the codes (numpy reference).
+    assert "| model | near-binary | bit balance dev. | distinct codes |" in text
+    for name, run in runs.items():
+        near = np.mean(np.minimum(run.codes, 1 - run.codes) <= 0.1)
+        assert f"| {name} | {100 * near:.1f} % |" in text
     for name in ("hp_curves.png", "code_histogram.png",
                  "retrieval_SIM_KL_CLASS.png", "retrieval_CLASS.png"):
         assert f"({name})" in text
         read_png(os.path.join(tmp_path, name))
     assert not [f for f in os.listdir(tmp_path) if ".tmp" in f]
+
+
+def test_code_histograms_and_table_show_how_binary_the_codes_are(tmp_path):
+    # 2 codes x 4 bits: values 0.05, 0.95, 0.0 and 1.0 are near-binary
+    # (within 0.1), 0.6, 0.3, 0.5, 0.85 are not -> 4 of 8. Bits on (> 0.5):
+    # (0, 1, 1, 0) and
+    # (0, 1, 0, 1): P = 0, 1, .5, .5, deviation (.5 + .5 + 0 + 0) / 4.
+    codes = np.array([[0.05, 0.95, 0.6, 0.3], [0.0, 1.0, 0.5, 0.85]])
+    run = report.RunOutputs(codes=codes, labels=np.array([0, 1]),
+                            similarity=np.eye(2), metrics={})
+    statistics = report.plot_code_histograms(
+        {"toy": run}, str(tmp_path / "h.png")
+    )
+    assert statistics["toy"]["near_binary"] == pytest.approx(4 / 8)
+    assert statistics["toy"]["bit_balance_deviation"] == pytest.approx(0.25)
+    assert statistics["toy"]["distinct_codes"] == 2
+    read_png(tmp_path / "h.png")
+    table = report.code_statistics_table(statistics).splitlines()
+    assert table[0] == (
+        "| model | near-binary | bit balance dev. | distinct codes |"
+    )
+    assert table[2] == "| toy | 50.0 % | 0.2500 | 2 (100.0 %) |"
 
 
 def test_hamming_neighbours_match_a_slow_loop():
