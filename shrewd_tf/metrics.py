@@ -290,6 +290,9 @@ def code_statistics(codes, tolerance=0.1):
 def binary_entropy(codes, k=1):
     """Kozachenko-Leonenko entropy (nats) of the binarised codes.
 
+    Not on the paper's scale (see `binary_entropy_bits` for that): the
+    continuous estimator's factor d makes collapsed codes strongly negative.
+
     Codes are binarised at 0.5 (code > 0.5 -> 1.0, else 0.0) and passed to
     `estimators.knn_entropy` with min_distance=0.5: half the {0, 1}^d
     lattice spacing, so duplicated codes count as a cell of radius 1/2
