@@ -100,12 +100,17 @@ class ModelConfig:
         regression_dim: width of the REG head; must equal the caption
             embedding size E (None: E of the data when the loss set has
             REG, no head otherwise).
+        code_activation: the code head's range: "linear" (the paper's
+            unbounded head), "sigmoid" (codes in (0, 1)), "tanh"
+            ((1 + tanh) / 2) or "batchnorm_sigmoid"
+            (`models.code_head_activation`).
     """
 
     encoder: str = "resnet20"
     code_bits: int = 64
     weight_decay: float = 2e-4
     regression_dim: int | None = None
+    code_activation: str = "linear"
 
 
 @dataclass(frozen=True)
@@ -120,6 +125,12 @@ class LossConfig:
         kl_k: the k of the kNN KL estimate.
         kl_target: target distribution of the KL term ("beta", ...).
         kl_alpha: Beta(alpha, alpha) per bit; small is near-binary.
+        kl_block_bits: estimate the KL per block of this many bits (a
+            divisor of code_bits; `shrewd_tf.empirical_kl`), or None for
+            the paper's joint estimate in code_bits dimensions.
+        kl_scale: "paper" (eq. 4 as written) or "wkv" (times d plus the
+            Wang-Kulkarni-Verdu constant: nats).
+        kl_target_multiple: target sample size m as a multiple of B.
         cross_replica: gather codes across replicas before forming pairs
             and neighbours (True) or use each replica's pairs only.
     """
@@ -132,6 +143,9 @@ class LossConfig:
     kl_k: int = 1
     kl_target: str = "beta"
     kl_alpha: float = 0.1
+    kl_block_bits: int | None = None
+    kl_scale: str = "paper"
+    kl_target_multiple: int = 1
     cross_replica: bool = False
 
     @property

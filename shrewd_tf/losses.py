@@ -21,19 +21,24 @@ directly. Everything is computed in float32 whatever the input dtype, so the
 losses are safe under the `mixed_float16` / `mixed_bfloat16` policies.
 
 The pairwise code and target distances of eq. 2 are in `shrewd_tf.pairwise`
-(memory-lean L1 with a custom gradient); the target sample of eq. 4 comes
-from `shrewd_tf.target_sampling`. Everything here also compiles under XLA,
+(memory-lean L1 with a custom gradient); the kNN maths of eq. 4 is in
+`shrewd_tf.empirical_kl` (re-exported here) and its target sample comes from
+`shrewd_tf.target_sampling`. Everything here also compiles under XLA,
 which Keras' default `jit_compile="auto"` turns on for `fit` on GPU
 machines.
 """
 
-import math
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from shrewd_tf.empirical_kl import KL_SCALES  # noqa: F401 (re-export)
+from shrewd_tf.empirical_kl import check_block_bits
+from shrewd_tf.empirical_kl import check_scale
+from shrewd_tf.empirical_kl import empirical_kl_loss  # noqa: F401
+from shrewd_tf.empirical_kl import empirical_kl_per_example
 from shrewd_tf.pairwise import TARGET_METRICS
 from shrewd_tf.pairwise import _check_codes
 from shrewd_tf.pairwise import pairwise_manhattan_distances
@@ -160,131 +165,6 @@ def similarity_matching_loss(codes, target_distances, gamma=0.1, rho=2.0):
     """
     return ops.mean(
         similarity_matching_per_example(codes, target_distances, gamma, rho)
-    )
-
-
-# === Empirical KL divergence (eq. 4) ===
-
-
-def _kth_neighbour_sq_distances(queries, points, k, exclude_self):
-    """Squared Euclidean distance from each query to its k-th neighbour.
-
-    The neighbour is selected on a gradient-free Gram-expansion matrix (the
-    diagonal masked with +inf when `exclude_self`), then the distance to it
-    is recomputed exactly as |q - p|^2 so gradients reach the query and the
-    selected point. Returns [Q]; needs k <= number of candidates (callers
-    mask the other case).
-    """
-    q = ops.stop_gradient(queries)
-    p = ops.stop_gradient(points)
-    centre = ops.mean(p, axis=0, keepdims=True)
-    q = q - centre
-    p = p - centre
-    sq = (
-        ops.sum(ops.square(q), axis=1)[:, None]
-        + ops.sum(ops.square(p), axis=1)[None, :]
-        - 2.0 * ops.matmul(q, ops.transpose(p))
-    )
-    if exclude_self:
-        sq = ops.where(ops.eye(ops.shape(q)[0], dtype="bool"), np.inf, sq)
-    num_points = tf.shape(points)[0]
-    rank = tf.maximum(tf.minimum(k, num_points), 1)
-    _, index = tf.math.top_k(-sq, k=rank)
-    nearest = ops.take(points, index[:, rank - 1], axis=0)
-    return ops.sum(ops.square(queries - nearest), axis=1)
-
-
-def empirical_kl_per_example(codes, target_sample, k=1, min_distance=1e-6):
-    """Per-example terms of eq. 4: log nu_k(z_b) - log rho_k(z_b).
-
-    nu_k(z_b) is the Euclidean distance from code z_b to its k-th nearest
-    neighbour in `target_sample`, rho_k(z_b) to its k-th nearest neighbour
-    among the other codes of the batch (self excluded by masking the
-    diagonal with +inf; duplicates of z_b at other rows do count).
-    Neighbours are searched within this batch only (per replica under
-    `tf.distribute`).
-
-    Both distances are floored at `min_distance` before the log, so
-    duplicated codes give a finite value (and a zero gradient for that
-    distance) instead of -log 0.
-
-    The neighbour is selected on float32 Gram-expansion distances without
-    gradient, then its distance is recomputed exactly as |z_b - z'| (the
-    gradient reaches z_b and, for rho, the neighbour code). Candidates whose
-    squared distances differ by less than the float32 rounding of the
-    expansion (~1e-6 for codes in [0, 1]^64) may be selected either way.
-    Memory is O(B m) (no [B, m, d] tensor).
-
-    The mean of these terms is `shrewd_tf.estimators.knn_kl_divergence`
-    without the factor d and the constant:
-    D = d * mean(terms) + log(m / (B - 1)).
-
-    If the batch has k or fewer codes (no k-th other code) or the target
-    sample fewer than k points, the estimate is undefined and the terms are
-    0 (the batch contributes nothing).
-
-    Args:
-        codes: float tensor [B, d]; computed in float32.
-        target_sample: float tensor [m, d], samples of the target
-            distribution; no gradient flows into it.
-        k: neighbour rank, >= 1.
-        min_distance: distance floor, > 0.
-
-    Returns:
-        float32 tensor [B].
-
-    Raises:
-        ValueError: on bad shapes or parameters.
-    """
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"`k` must be a positive integer. Received: k={k!r}")
-    if not (min_distance > 0 and math.isfinite(min_distance)):
-        raise ValueError(
-            "`min_distance` must be a finite number > 0. "
-            f"Received: min_distance={min_distance}"
-        )
-    k = int(k)
-    codes = _check_codes(codes)
-    target_sample = ops.stop_gradient(
-        _check_codes(target_sample, "target_sample")
-    )
-    if None not in (codes.shape[1], target_sample.shape[1]) and (
-        codes.shape[1] != target_sample.shape[1]
-    ):
-        raise ValueError(
-            "`codes` and `target_sample` must have the same number of bits. "
-            f"Received: codes.shape={codes.shape}, "
-            f"target_sample.shape={target_sample.shape}"
-        )
-    floor = float(min_distance) ** 2
-    nu_sq = _kth_neighbour_sq_distances(codes, target_sample, k, False)
-    rho_sq = _kth_neighbour_sq_distances(codes, codes, k, True)
-    # log of a distance = half the log of its square.
-    terms = 0.5 * (
-        ops.log(ops.maximum(nu_sq, floor)) - ops.log(ops.maximum(rho_sq, floor))
-    )
-    defined = ops.logical_and(
-        ops.shape(codes)[0] > k, ops.shape(target_sample)[0] >= k
-    )
-    return ops.where(defined, terms, 0.0)
-
-
-def empirical_kl_loss(codes, target_sample, k=1, min_distance=1e-6):
-    """L_KL of eq. 4: mean_b [log nu_k(z_b; target) - log rho_k(z_b; codes)].
-
-    See `empirical_kl_per_example` for the conventions.
-
-    Args:
-        codes: float tensor [B, d].
-        target_sample: float tensor [m, d].
-        k: neighbour rank, >= 1 (paper: 1).
-        min_distance: distance floor, > 0.
-
-    Returns:
-        float32 scalar.
-    """
-    return ops.mean(
-        empirical_kl_per_example(codes, target_sample, k, min_distance)
     )
 
 
@@ -474,11 +354,19 @@ class EmpiricalKLLoss(keras.losses.Loss):
         seed: int or None, initial seed of the target sampler.
         cross_replica: search neighbours (among codes and target samples)
             over the global batch, all-gathered across replicas.
+        block_bits: None (the paper's joint estimate in d dimensions) or
+            a divisor g of d: the estimate is made per block of g bits
+            (`shrewd_tf.empirical_kl`; 1 is per bit).
+        scale: "paper" (eq. 4 as written) or "wkv" (times d, plus the
+            constant: an estimate in nats).
+        target_multiple: the target sample has `target_multiple` x B codes
+            (m = B in the paper).
         name: loss name.
         **kwargs: `reduction` etc., passed to `keras.losses.Loss`.
 
     Raises:
-        ValueError: on invalid k, target, alpha, noise_std or min_distance.
+        ValueError: on invalid k, target, alpha, noise_std, min_distance,
+            block_bits, scale or target_multiple.
     """
 
     def __init__(
@@ -490,10 +378,24 @@ class EmpiricalKLLoss(keras.losses.Loss):
         min_distance=1e-6,
         seed=None,
         cross_replica=False,
+        block_bits=None,
+        scale="paper",
+        target_multiple=1,
         name="empirical_kl",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        block_bits = check_block_bits(block_bits)
+        check_scale(scale)
+        if (
+            isinstance(target_multiple, bool)
+            or not isinstance(target_multiple, (int, np.integer))
+            or target_multiple < 1
+        ):
+            raise ValueError(
+                "`target_multiple` must be a positive integer. "
+                f"Received: target_multiple={target_multiple!r}"
+            )
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(
                 f"`k` must be a positive integer. Received: k={k!r}"
@@ -521,6 +423,9 @@ class EmpiricalKLLoss(keras.losses.Loss):
         self.min_distance = float(min_distance)
         self.seed = seed
         self.cross_replica = bool(cross_replica)
+        self.block_bits = block_bits
+        self.scale = scale
+        self.target_multiple = int(target_multiple)
         self.seed_generator = keras.random.SeedGenerator(seed)
 
     def sample_target(self, shape):
@@ -544,12 +449,17 @@ class EmpiricalKLLoss(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         codes = ops.cast(y_pred, "float32")
-        targets = self.sample_target(ops.shape(codes))
+        batch, bits = ops.shape(codes)
+        targets = self.sample_target((batch * self.target_multiple, bits))
         rows = None
         if self.cross_replica:
-            (codes, targets), rows = gather_across_replicas(codes, targets)
+            # Gathered as [B, multiple * d] rows next to the codes' [B, d].
+            per_code = ops.reshape(targets, (batch, -1))
+            (codes, per_code), rows = gather_across_replicas(codes, per_code)
+            targets = ops.reshape(per_code, (-1, ops.shape(codes)[1]))
         values = empirical_kl_per_example(
-            codes, targets, self.k, self.min_distance
+            codes, targets, self.k, self.min_distance, self.block_bits,
+            self.scale,
         )
         return _local_rows(values, rows)
 
@@ -563,4 +473,7 @@ class EmpiricalKLLoss(keras.losses.Loss):
             "min_distance": self.min_distance,
             "seed": self.seed,
             "cross_replica": self.cross_replica,
+            "block_bits": self.block_bits,
+            "scale": self.scale,
+            "target_multiple": self.target_multiple,
         }

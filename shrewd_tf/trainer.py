@@ -122,6 +122,7 @@ def build_model(config, num_classes, input_shape, embedding_dim=None):
         regression_dim=regression_dim,
         weight_decay=config.model.weight_decay,
         encoder_kwargs=encoder_kwargs,
+        code_activation=config.model.code_activation,
     )
 
 

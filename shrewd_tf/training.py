@@ -241,6 +241,9 @@ def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
             alpha=loss_config.kl_alpha,
             seed=seed,
             cross_replica=loss_config.cross_replica,
+            block_bits=loss_config.kl_block_bits,
+            scale=loss_config.kl_scale,
+            target_multiple=loss_config.kl_target_multiple,
         )
     if "reg" in terms:
         losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(
