@@ -454,9 +454,10 @@ class EmpiricalKLLoss(keras.losses.Loss):
         rows = None
         if self.cross_replica:
             # Gathered as [B, multiple * d] rows next to the codes' [B, d].
-            per_code = ops.reshape(targets, (batch, -1))
+            width = codes.shape[1] * self.target_multiple
+            per_code = ops.reshape(targets, (batch, width))
             (codes, per_code), rows = gather_across_replicas(codes, per_code)
-            targets = ops.reshape(per_code, (-1, ops.shape(codes)[1]))
+            targets = ops.reshape(per_code, (-1, codes.shape[1]))
         values = empirical_kl_per_example(
             codes, targets, self.k, self.min_distance, self.block_bits,
             self.scale,

@@ -189,9 +189,9 @@ class _FixedTargetKL(losses_lib.EmpiricalKLLoss):
     def sample_target(self, shape):
         context = tf.distribute.get_replica_context()
         targets = tf.constant(_TARGETS)
-        if context is None or context.num_replicas_in_sync == 1:
-            return targets
         rows = shape[0]
+        if context is None or context.num_replicas_in_sync == 1:
+            return targets[:rows]
         start = tf.cast(context.replica_id_in_sync_group, tf.int32) * rows
         return targets[start : start + rows]
 
