@@ -187,6 +187,33 @@ TRAIN_SETTINGS = {
         "model.code_activation": "sigmoid",
         "loss.kl_block_bits": 8, "loss.kl_scale": "wkv",
     },
+    "batchnorm + sigmoid, blocks of 8, WKV scale": {
+        "model.code_activation": "batchnorm_sigmoid",
+        "loss.kl_block_bits": 8, "loss.kl_scale": "wkv",
+    },
+    "tanh, blocks of 8, WKV scale": {
+        "model.code_activation": "tanh",
+        "loss.kl_block_bits": 8, "loss.kl_scale": "wkv",
+    },
+    "linear, blocks of 8, WKV scale, lambda1=0.1": {
+        "loss.kl_block_bits": 8, "loss.kl_scale": "wkv",
+        "loss.kl_weight": 0.1,
+    },
+    "batchnorm + sigmoid x5, blocks of 8": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 5.0,
+        "loss.kl_block_bits": 8,
+    },
+    "batchnorm + sigmoid x5, blocks of 8, WKV scale": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 5.0,
+        "loss.kl_block_bits": 8, "loss.kl_scale": "wkv",
+    },
+    "batchnorm + sigmoid x5, joint (paper estimator)": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 5.0,
+    },
+    "batchnorm + sigmoid x5, no KL (SIM)": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 5.0,
+        "loss.losses": "SIM",
+    },
     "linear, no KL (SIM)": {"loss.losses": "SIM"},
 }
 

@@ -104,6 +104,7 @@ class ModelConfig:
             unbounded head), "sigmoid" (codes in (0, 1)), "tanh"
             ((1 + tanh) / 2) or "batchnorm_sigmoid"
             (`models.code_head_activation`).
+        code_gain: fixed gain inside the bounded heads, z = sigmoid(gain h).
     """
 
     encoder: str = "resnet20"
@@ -111,6 +112,7 @@ class ModelConfig:
     weight_decay: float = 2e-4
     regression_dim: int | None = None
     code_activation: str = "linear"
+    code_gain: float = 1.0
 
 
 @dataclass(frozen=True)

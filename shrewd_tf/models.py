@@ -123,24 +123,45 @@ class OneHotArgmax(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="shrewd_tf")
-class RescaledTanh(keras.layers.Layer):
-    """(1 + tanh(x)) / 2: tanh rescaled to (0, 1)."""
+class CodeSquash(keras.layers.Layer):
+    """Maps code pre-activations into (0, 1) with a fixed gain.
+
+    `kind="sigmoid"`: sigmoid(gain x); `kind="tanh"`: (1 + tanh(gain x)) / 2
+    (= sigmoid(2 gain x)). A gain > 1 makes a standardised pre-activation
+    land near 0 or 1 unless it is close to 0.
+    """
+
+    def __init__(self, kind="sigmoid", gain=1.0, **kwargs):
+        super().__init__(**kwargs)
+        if kind not in ("sigmoid", "tanh"):
+            raise ValueError(
+                f"kind must be 'sigmoid' or 'tanh'. Received: kind={kind!r}"
+            )
+        if not gain > 0:
+            raise ValueError(f"gain must be > 0. Received: gain={gain!r}")
+        self.kind = kind
+        self.gain = float(gain)
 
     def call(self, inputs):
-        return 0.5 * (1.0 + ops.tanh(inputs))
+        if self.kind == "tanh":
+            return 0.5 * (1.0 + ops.tanh(self.gain * inputs))
+        return ops.sigmoid(self.gain * inputs)
 
     def compute_output_shape(self, input_shape):
         return input_shape
 
+    def get_config(self):
+        return {**super().get_config(), "kind": self.kind, "gain": self.gain}
 
-def code_head_activation(name, code_name="code"):
+
+def code_head_activation(name, code_name="code", gain=1.0):
     """The layers that turn code pre-activations h into the code z.
 
     * "linear": z = h, unbounded (the paper's head).
-    * "sigmoid": z = sigmoid(h), in (0, 1).
-    * "tanh": z = (1 + tanh(h)) / 2 = sigmoid(2 h), in (0, 1): a rescaled
-      tanh, twice as steep at initialisation.
-    * "batchnorm_sigmoid": z = sigmoid(BatchNorm(h)): each bit's
+    * "sigmoid": z = sigmoid(gain h), in (0, 1).
+    * "tanh": z = (1 + tanh(gain h)) / 2 = sigmoid(2 gain h), in (0, 1): a
+      rescaled tanh, twice as steep.
+    * "batchnorm_sigmoid": z = sigmoid(gain BatchNorm(h)): each bit's
       pre-activation is standardised over the batch (so bits start
       balanced), with a learned scale and shift.
 
@@ -152,6 +173,7 @@ def code_head_activation(name, code_name="code"):
     Args:
         name: one of `CODE_ACTIVATIONS`.
         code_name: name of the last layer (the model's "code" output).
+        gain: fixed factor on the pre-activation of the bounded heads.
 
     Returns:
         list of float32 keras layers to apply in order (empty: identity).
@@ -172,12 +194,10 @@ def code_head_activation(name, code_name="code"):
                 name=f"{code_name}_batch_norm",
             )
         )
-    if name == "tanh":
-        layers.append(RescaledTanh(dtype="float32", name=code_name))
-    else:
-        layers.append(
-            keras.layers.Activation("sigmoid", dtype="float32", name=code_name)
-        )
+    kind = "tanh" if name == "tanh" else "sigmoid"
+    layers.append(
+        CodeSquash(kind, gain, dtype="float32", name=code_name)
+    )
     return layers
 
 
@@ -503,6 +523,7 @@ class ShrewdModel(keras.Model):
             `base_filters`, `num_stages`) for `encoder_name="cifar_resnet"`.
         code_activation: one of `CODE_ACTIVATIONS` ("linear": the paper's
             unbounded head; saved models without this key load as linear).
+        code_gain: fixed gain of the bounded code heads (1: plain sigmoid).
 
     Raises:
         ValueError: invalid arguments (the message quotes the value).
@@ -520,10 +541,13 @@ class ShrewdModel(keras.Model):
         weight_decay=None,
         encoder_kwargs=None,
         code_activation="linear",
+        code_gain=1.0,
         **kwargs,
     ):
         _check_positive_int("code_bits", code_bits)
-        activation_layers = code_head_activation(code_activation)
+        activation_layers = code_head_activation(
+            code_activation, gain=code_gain
+        )
         if num_classes is not None:
             _check_positive_int("num_classes", num_classes)
         if regression_dim is not None:
@@ -602,6 +626,7 @@ class ShrewdModel(keras.Model):
         self.weight_decay = weight_decay
         self.encoder_kwargs = encoder_kwargs
         self.code_activation = code_activation
+        self.code_gain = code_gain
         self.encoder = encoder
 
     def get_config(self):
@@ -618,6 +643,7 @@ class ShrewdModel(keras.Model):
             "weight_decay": self.weight_decay,
             "encoder_kwargs": self.encoder_kwargs,
             "code_activation": self.code_activation,
+            "code_gain": self.code_gain,
         }
 
     @classmethod
@@ -644,6 +670,7 @@ def build_shrewd_model(
     encoder_kwargs=None,
     name="shrewd",
     code_activation="linear",
+    code_gain=1.0,
 ):
     """Builds a `ShrewdModel` (see its docstring for outputs and modes).
 
@@ -665,7 +692,7 @@ def build_shrewd_model(
         encoder_kwargs: dict for `"cifar_resnet"`, e.g.
             `{"depth": 8, "base_filters": 4}`.
         name: model name.
-        code_activation: see `code_head_activation`.
+        code_activation, code_gain: see `code_head_activation`.
 
     Returns:
         ShrewdModel with outputs {"code", ["logits"], ["embedding"]}.
@@ -686,6 +713,7 @@ def build_shrewd_model(
         encoder_kwargs=encoder_kwargs,
         name=name,
         code_activation=code_activation,
+        code_gain=code_gain,
     )
 
 

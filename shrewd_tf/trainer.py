@@ -123,6 +123,7 @@ def build_model(config, num_classes, input_shape, embedding_dim=None):
         weight_decay=config.model.weight_decay,
         encoder_kwargs=encoder_kwargs,
         code_activation=config.model.code_activation,
+        code_gain=config.model.code_gain,
     )
 
 

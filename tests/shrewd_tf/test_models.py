@@ -313,6 +313,64 @@ def test_save_and_load_round_trip(tmp_path):
     assert any(isinstance(l, models.StopGradient) for l in loaded.layers)
 
 
+# === Code head activations ===
+
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+@pytest.mark.parametrize(
+    "activation, gain",
+    [("sigmoid", 1.0), ("sigmoid", 5.0), ("tanh", 2.0),
+     ("batchnorm_sigmoid", 5.0)],
+)
+def test_bounded_code_heads_match_numpy(activation, gain):
+    model = tiny_model(code_activation=activation, code_gain=gain)
+    randomise_weights(model)
+    images = random_images((8, 8, 3), n=6)
+    code = model(images, training=True)["code"].numpy()
+    features = model.encoder(images, training=True).numpy()
+    kernel, bias = model.get_layer("code_preactivation").get_weights()
+    h = features @ kernel + bias
+    if activation == "batchnorm_sigmoid":
+        bn = model.get_layer("code_batch_norm")
+        gamma, beta = bn.gamma.numpy(), bn.beta.numpy()
+        h = (h - h.mean(0)) / np.sqrt(h.var(0) + bn.epsilon) * gamma + beta
+    if activation == "tanh":
+        want = 0.5 * (1.0 + np.tanh(gain * h))
+    else:
+        want = _sigmoid(gain * h)
+    np.testing.assert_allclose(code, want, rtol=1e-4, atol=1e-5)
+    assert np.all((code >= 0) & (code <= 1))
+    # The classification head reads the bounded code.
+    kernel, bias = model.get_layer("logits").get_weights()
+    logits = model(images, training=True)["logits"].numpy()
+    np.testing.assert_allclose(logits, code @ kernel + bias, rtol=1e-4,
+                               atol=1e-4)
+
+
+def test_bounded_code_head_round_trips(tmp_path):
+    model = tiny_model(code_activation="batchnorm_sigmoid", code_gain=5.0)
+    randomise_weights(model)
+    images = random_images((8, 8, 3))
+    expected = model(images, training=False)["code"].numpy()
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)
+    assert loaded.get_config() == model.get_config()
+    np.testing.assert_array_equal(
+        loaded(images, training=False)["code"].numpy(), expected
+    )
+
+
+def test_code_head_arguments_are_checked():
+    with pytest.raises(ValueError, match="code_activation.*Received"):
+        tiny_model(code_activation="relu")
+    with pytest.raises(ValueError, match="gain"):
+        tiny_model(code_activation="sigmoid", code_gain=0.0)
+
+
 # === ResNet-50 ===
 
 
