@@ -31,7 +31,20 @@ def _load_config(args):
         if args.config
         else config_lib.ExperimentConfig()
     )
+    overrides = _overrides(args)
+    if getattr(args, "output_dir", None):
+        overrides["train.output_dir"] = args.output_dir
+    return config.with_overrides(overrides)
+
+
+def _overrides(args):
+    """--preset's overrides, then each --set KEY=VALUE on top."""
+    from shrewd_tf import config as config_lib
+
     overrides = {}
+    preset = getattr(args, "preset", None)
+    if preset:
+        overrides.update(config_lib.PRESETS[preset])
     for item in args.set or ():
         key, sep, value = item.partition("=")
         if not sep:
@@ -39,9 +52,7 @@ def _load_config(args):
                 f"shrewd: error: --set expects key=value. Received: {item!r}"
             )
         overrides[key] = _parse_value(value)
-    if getattr(args, "output_dir", None):
-        overrides["train.output_dir"] = args.output_dir
-    return config.with_overrides(overrides)
+    return overrides
 
 
 def _parse_value(text):
@@ -146,21 +157,27 @@ def _serve(args):
 def _pipeline_run(args):
     from pipeline import runner
 
-    overrides = {}
-    for item in args.set or ():
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(
-                f"shrewd: error: --set expects key=value. Received: {item!r}"
-            )
-        overrides[key] = _parse_value(value)
+    overrides = _overrides(args)
     logging.getLogger().setLevel(logging.INFO)
     runner.run(args.config, overrides, force=args.force or ())
     return 0
 
 
+def _add_preset_argument(parser):
+    from shrewd_tf.config import PRESETS
+
+    parser.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default=None,
+        help="apply a named bundle of overrides before --set; 'paper' is "
+        "the paper-literal KL setting (docs/kl_binarisation.md)",
+    )
+
+
 def _add_config_arguments(parser, output_default=None):
     parser.add_argument("--config", metavar="FILE", help="JSON/YAML config")
+    _add_preset_argument(parser)
     parser.add_argument(
         "--set",
         metavar="KEY=VALUE",
@@ -308,6 +325,7 @@ def build_parser():
         "--set", metavar="KEY=VALUE", action="append",
         help="override, e.g. --set train.epochs=1 "
              "--set pipeline.configurations=[CLASS] (repeatable)")
+    _add_preset_argument(pipeline_run)
     pipeline_run.add_argument(
         "--force", metavar="STAGE", action="append",
         help="rerun this stage even if cached ('all': every stage)")

@@ -55,3 +55,30 @@ def test_configs_are_frozen():
     cfg = config_lib.ExperimentConfig()
     with pytest.raises(Exception):
         cfg.train.epochs = 5
+
+
+def test_paper_preset_is_eq4_as_written():
+    paper = config_lib.ExperimentConfig().with_preset("paper")
+    assert paper.model.code_activation == "linear"
+    assert paper.model.code_gain == 1.0
+    assert paper.loss.kl_block_bits is None
+    assert paper.loss.kl_scale == "paper"
+    assert paper.loss.kl_target_multiple == 1
+    assert (paper.loss.kl_target, paper.loss.kl_alpha) == ("beta", 0.1)
+    assert (paper.loss.kl_weight, paper.loss.class_weight) == (0.01, 0.01)
+    # Everything the preset does not name is kept.
+    base = config_lib.ExperimentConfig().with_overrides({"train.epochs": 3})
+    assert base.with_preset("paper").train.epochs == 3
+    with pytest.raises(ValueError, match="preset.*'nope'"):
+        base.with_preset("nope")
+
+
+def test_cli_preset_applies_before_set():
+    from shrewd_tf import cli
+
+    args = cli.build_parser().parse_args(
+        ["train", "--preset", "paper", "--set", "loss.kl_weight=0.5"]
+    )
+    config = cli._load_config(args)
+    assert config.model.code_activation == "linear"
+    assert config.loss.kl_weight == 0.5
