@@ -121,19 +121,21 @@ class ModelConfig:
         regression_dim: width of the REG head; must equal the caption
             embedding size E (None: E of the data when the loss set has
             REG, no head otherwise).
-        code_activation: the code head's range: "linear" (the paper's
-            unbounded head), "sigmoid" (codes in (0, 1)), "tanh"
-            ((1 + tanh) / 2) or "batchnorm_sigmoid"
-            (`models.code_head_activation`).
-        code_gain: fixed gain inside the bounded heads, z = sigmoid(gain h).
+        code_activation: the code head's range (`models.code_head_activation`):
+            "batchnorm_sigmoid" (default: sigmoid(gain BatchNorm(h))),
+            "sigmoid", "tanh" ((1 + tanh) / 2) or "linear" (the paper's
+            unbounded head; `PRESETS["paper"]`). docs/kl_binarisation.md
+            shows why the default is bounded.
+        code_gain: fixed gain inside the bounded heads, z = sigmoid(gain h)
+            (default 8: docs/kl_binarisation.md).
     """
 
     encoder: str = "resnet20"
     code_bits: int = 64
     weight_decay: float = 2e-4
     regression_dim: int | None = None
-    code_activation: str = "linear"
-    code_gain: float = 1.0
+    code_activation: str = "batchnorm_sigmoid"
+    code_gain: float = 8.0
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,9 @@ class LossConfig:
         gamma, rho: the similarity weight w = gamma^rho / (gamma + d)^rho.
         kl_k: the k of the kNN KL estimate.
         kl_target: target distribution of the KL term ("beta", ...).
-        kl_alpha: Beta(alpha, alpha) per bit; small is near-binary.
+        kl_alpha: Beta(alpha, alpha) per bit; small is near-binary
+            (default 0.02: 96 % of its mass within 0.1 of {0, 1}; the
+            paper's 0.1 has 81 %).
         kl_block_bits: estimate the KL per block of this many bits (a
             divisor of code_bits; `shrewd_tf.empirical_kl`), or None for
             the paper's joint estimate in code_bits dimensions.
@@ -165,7 +169,7 @@ class LossConfig:
     rho: float = 2.0
     kl_k: int = 1
     kl_target: str = "beta"
-    kl_alpha: float = 0.1
+    kl_alpha: float = 0.02
     kl_block_bits: int | None = None
     kl_scale: str = "paper"
     kl_target_multiple: int = 1
