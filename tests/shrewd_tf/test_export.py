@@ -24,8 +24,8 @@ def make_run_dir(run_dir, image_shape=IMAGE_SHAPE, code_bits=16, mean=MEAN,
                  std=STD):
     """A finished-run directory: config.json, preprocessing.json, model.keras.
 
-    The code head's bias is 0.5, so a random-weight model puts codes on both
-    sides of the bit threshold.
+    The code head is centred at 0.5 (a linear head's bias is set to 0.5), so
+    a random-weight model puts codes on both sides of the bit threshold.
 
     Returns:
         (model, mean float32 [C], std float32 [C]).
@@ -36,8 +36,10 @@ def make_run_dir(run_dir, image_shape=IMAGE_SHAPE, code_bits=16, mean=MEAN,
     )
     keras.utils.set_random_seed(0)
     model = trainer.build_model(config, 4, image_shape)
-    code_layer = model.get_layer("code")
-    code_layer.bias.assign(np.full(code_bits, 0.5, np.float32))
+    if config.model.code_activation == "linear":
+        # A bounded head is centred at 0.5 already.
+        code_layer = model.get_layer("code")
+        code_layer.bias.assign(np.full(code_bits, 0.5, np.float32))
     config.save_json(os.path.join(run_dir, "config.json"))
     with open(os.path.join(run_dir, "preprocessing.json"), "w") as f:
         json.dump(
