@@ -98,31 +98,30 @@ def kth_neighbour_sq_distances(queries, points, k, exclude_self):
     return ops.sum(ops.square(queries - nearest), axis=2)
 
 
-def _check_k(k):
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-        raise ValueError(f"`k` must be a positive integer. Received: k={k!r}")
-    return int(k)
+def check_positive_int(name, value):
+    """Returns `value` as an int, or raises ValueError naming `name`."""
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, np.integer))
+        or value < 1
+    ):
+        raise ValueError(
+            f"`{name}` must be a positive integer. Received: {name}={value!r}"
+        )
+    return int(value)
 
 
 def check_block_bits(block_bits, bits=None):
     """Validates `block_bits` (None or a positive divisor of `bits`)."""
     if block_bits is None:
         return None
-    if (
-        isinstance(block_bits, bool)
-        or not isinstance(block_bits, (int, np.integer))
-        or block_bits < 1
-    ):
-        raise ValueError(
-            "`block_bits` must be None or a positive integer. "
-            f"Received: block_bits={block_bits!r}"
-        )
+    block_bits = check_positive_int("block_bits", block_bits)
     if bits is not None and bits % block_bits:
         raise ValueError(
             f"`block_bits` must divide the code length ({bits}). "
             f"Received: block_bits={block_bits}"
         )
-    return int(block_bits)
+    return block_bits
 
 
 def check_scale(scale):
@@ -192,7 +191,7 @@ def empirical_kl_per_example(
     Raises:
         ValueError: on bad shapes or parameters.
     """
-    k = _check_k(k)
+    k = check_positive_int("k", k)
     check_scale(scale)
     if not (min_distance > 0 and math.isfinite(min_distance)):
         raise ValueError(

@@ -36,6 +36,7 @@ from keras import ops
 
 from shrewd_tf.empirical_kl import KL_SCALES  # noqa: F401 (re-export)
 from shrewd_tf.empirical_kl import check_block_bits
+from shrewd_tf.empirical_kl import check_positive_int
 from shrewd_tf.empirical_kl import check_scale
 from shrewd_tf.empirical_kl import empirical_kl_loss  # noqa: F401
 from shrewd_tf.empirical_kl import empirical_kl_per_example
@@ -389,19 +390,8 @@ class EmpiricalKLLoss(keras.losses.Loss):
         super().__init__(name=name, **kwargs)
         block_bits = check_block_bits(block_bits)
         check_scale(scale)
-        if (
-            isinstance(target_multiple, bool)
-            or not isinstance(target_multiple, (int, np.integer))
-            or target_multiple < 1
-        ):
-            raise ValueError(
-                "`target_multiple` must be a positive integer. "
-                f"Received: target_multiple={target_multiple!r}"
-            )
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ValueError(
-                f"`k` must be a positive integer. Received: k={k!r}"
-            )
+        target_multiple = check_positive_int("target_multiple", target_multiple)
+        k = check_positive_int("k", k)
         if target not in TARGET_DISTRIBUTIONS:
             raise ValueError(
                 f"`target` must be one of {TARGET_DISTRIBUTIONS}. "
