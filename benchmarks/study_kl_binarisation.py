@@ -14,8 +14,9 @@ combination matters). Every run reports the near-binary fraction (code
 values within 0.1 of {0, 1}), the mean |bit balance - 0.5|, the fraction
 of distinct binarised codes, and (training) float and binary mAHP@250,
 their drop and accuracy, as mean +- std over seeds. Tables are printed as
-markdown and written with `--output`; docs/kl_binarisation.md holds the
-tables we measured and what we concluded.
+markdown and written with `--output`; `--json FILE` appends every run's raw
+result, and `table FILE --title ...` rebuilds a table from such a file.
+docs/kl_binarisation.md holds the tables we measured and what we concluded.
 
 Both parts call the library: `losses.EmpiricalKLLoss` for the free codes
 (the code head's activation applied to free pre-activations) and
@@ -40,6 +41,9 @@ FREE_BASE = dict(head="linear", k=1, alpha=0.1, target_multiple=1,
                  block_bits=None, scale="paper", batch=256, replicas=1)
 FREE_SETTINGS = {
     "paper (linear head, joint, Beta(0.1), m=B, k=1)": {},
+    "default (BN + sigmoid x8, joint, Beta(0.02))": dict(
+        head="batchnorm_sigmoid", gain=8.0, alpha=0.02
+    ),
     "head: sigmoid": dict(head="sigmoid"),
     "head: rescaled tanh": dict(head="tanh"),
     "head: batchnorm + sigmoid": dict(head="batchnorm_sigmoid"),
@@ -353,6 +357,22 @@ def markdown(summary, title):
     return "\n".join(lines) + "\n"
 
 
+def table_from_json(path, title, only=None):
+    """A markdown table of the per-seed rows in a --json file, in order."""
+    results = {}
+    with open(path) as f:
+        for line in f:
+            row = json.loads(line)
+            name = row.pop("setting")
+            if only and not any(name.startswith(p) for p in only):
+                continue
+            for key in ("part", "seed", "overrides"):
+                row.pop(key, None)
+            results.setdefault(name, []).append(row)
+    seeds = {len(runs) for runs in results.values()}
+    return markdown(summarise(results), f"{title}, {max(seeds)} seeds")
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="part", required=True)
@@ -379,7 +399,14 @@ def main(argv=None):
         p.add_argument(
             "--json", default=None, help="append raw per-seed results here"
         )
+    table = sub.add_parser("table", help="a table from --json results")
+    table.add_argument("results", help="JSON-lines file written by --json")
+    table.add_argument("--title", default="Results")
+    table.add_argument("--only", nargs="*", default=None)
     args = parser.parse_args(argv)
+    if args.part == "table":
+        print(table_from_json(args.results, args.title, args.only))
+        return 0
 
     settings = FREE_SETTINGS if args.part == "free" else TRAIN_SETTINGS
     if args.only:
