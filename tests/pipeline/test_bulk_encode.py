@@ -34,8 +34,10 @@ def _codes_close_to(expected):
         assert sorted(got) == sorted(expected), sorted(got)
         for key, code in expected.items():
             assert got[key].dtype == np.float32
-            # Batching differs from the direct call: float rounding only.
-            np.testing.assert_allclose(got[key], code, rtol=1e-6, atol=1e-7)
+            # Batching differs from the direct call: float rounding only,
+            # which the default head sigmoid(8 BatchNorm(h)) amplifies by up
+            # to 8 / 4 = 2 on top of the encoder's ~1e-6 relative rounding.
+            np.testing.assert_allclose(got[key], code, rtol=4e-6, atol=1e-7)
 
     return check
 
