@@ -256,6 +256,23 @@ TRAIN_SETTINGS = {
         "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 8.0,
         "loss.kl_alpha": 0.02, "loss.kl_weight": 0.03,
     },
+    "batchnorm + sigmoid x8, joint, alpha=0.02, lambda1=0.02": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 8.0,
+        "loss.kl_alpha": 0.02, "loss.kl_weight": 0.02,
+    },
+    "batchnorm + sigmoid x8, joint, alpha=0.02, warm-up 0.5 epoch": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 8.0,
+        "loss.kl_alpha": 0.02, "loss.kl_warmup_epochs": 0.5,
+    },
+    "batchnorm + sigmoid x8, joint, alpha=0.02, lambda1=0.03, warm-up 0.5 epoch": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 8.0,
+        "loss.kl_alpha": 0.02, "loss.kl_weight": 0.03,
+        "loss.kl_warmup_epochs": 0.5,
+    },
+    "batchnorm + sigmoid x16, joint, alpha=0.02": {
+        "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 16.0,
+        "loss.kl_alpha": 0.02,
+    },
     "batchnorm + sigmoid x5, no KL (SIM)": {
         "model.code_activation": "batchnorm_sigmoid", "model.code_gain": 5.0,
         "loss.losses": "SIM",

@@ -43,6 +43,7 @@ PRESETS = {
         "loss.kl_block_bits": None,
         "loss.kl_scale": "paper",
         "loss.kl_target_multiple": 1,
+        "loss.kl_warmup_epochs": 0.0,
         "loss.kl_k": 1,
         "loss.kl_target": "beta",
         "loss.kl_alpha": 0.1,
@@ -158,6 +159,8 @@ class LossConfig:
         kl_scale: "paper" (eq. 4 as written) or "wkv" (times d plus the
             Wang-Kulkarni-Verdu constant: nats).
         kl_target_multiple: target sample size m as a multiple of B.
+        kl_warmup_epochs: ramp lambda1 linearly from 0 over this many
+            epochs (0: none, the paper; docs/kl_binarisation.md).
         cross_replica: gather codes across replicas before forming pairs
             and neighbours (True) or use each replica's pairs only.
     """
@@ -173,6 +176,7 @@ class LossConfig:
     kl_block_bits: int | None = None
     kl_scale: str = "paper"
     kl_target_multiple: int = 1
+    kl_warmup_epochs: float = 0.0
     cross_replica: bool = False
 
     @property

@@ -29,6 +29,8 @@ machines.
 """
 
 
+import numbers
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -364,12 +366,18 @@ class EmpiricalKLLoss(keras.losses.Loss):
             constant: an estimate in nats).
         target_multiple: the target sample has `target_multiple` x B codes
             (m = B in the paper).
+        warmup_steps: ramp the term linearly from 0 to its full weight over
+            this many optimiser steps (0: no warm-up, the paper). Needs a
+            step counter: `step_counter=optimizer.iterations`, or
+            `set_step_counter` after the optimiser exists.
+        step_counter: a scalar integer variable counting training steps
+            (`optimizer.iterations`); only read, never advanced here.
         name: loss name.
         **kwargs: `reduction` etc., passed to `keras.losses.Loss`.
 
     Raises:
         ValueError: on invalid k, target, alpha, noise_std, min_distance,
-            block_bits, scale or target_multiple.
+            block_bits, scale, target_multiple or warmup_steps.
     """
 
     def __init__(
@@ -384,10 +392,19 @@ class EmpiricalKLLoss(keras.losses.Loss):
         block_bits=None,
         scale="paper",
         target_multiple=1,
+        warmup_steps=0,
+        step_counter=None,
         name="empirical_kl",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        if isinstance(warmup_steps, bool) or not (
+            isinstance(warmup_steps, numbers.Integral) and warmup_steps >= 0
+        ):
+            raise ValueError(
+                "`warmup_steps` must be an int >= 0 (0: no warm-up). "
+                f"Received: warmup_steps={warmup_steps!r}"
+            )
         block_bits = check_block_bits(block_bits)
         check_scale(scale)
         target_multiple = check_positive_int("target_multiple", target_multiple)
@@ -418,7 +435,28 @@ class EmpiricalKLLoss(keras.losses.Loss):
         self.block_bits = block_bits
         self.scale = scale
         self.target_multiple = int(target_multiple)
+        self.warmup_steps = int(warmup_steps)
+        self.step_counter = step_counter
         self.seed_generator = keras.random.SeedGenerator(seed)
+
+    def set_step_counter(self, step_counter):
+        """Reads the warm-up's step from `step_counter` (for example
+        `optimizer.iterations`, which Keras advances once per step)."""
+        self.step_counter = step_counter
+
+    def warmup_factor(self):
+        """min(1, step / warmup_steps): the weight's fraction this step."""
+        if not self.warmup_steps:
+            return 1.0
+        if self.step_counter is None:
+            raise ValueError(
+                f"EmpiricalKLLoss has warmup_steps={self.warmup_steps} but "
+                "no step counter. Pass `step_counter=optimizer.iterations` "
+                "or call `set_step_counter(optimizer.iterations)` before "
+                "training."
+            )
+        step = ops.cast(ops.convert_to_tensor(self.step_counter), "float32")
+        return ops.minimum(1.0, step / float(self.warmup_steps))
 
     def sample_target(self, shape):
         """A fresh float32 target sample of `shape`.
@@ -454,6 +492,8 @@ class EmpiricalKLLoss(keras.losses.Loss):
             codes, targets, self.k, self.min_distance, self.block_bits,
             self.scale,
         )
+        if self.warmup_steps:
+            values = values * self.warmup_factor()
         return _local_rows(values, rows)
 
     def get_config(self):
@@ -469,4 +509,5 @@ class EmpiricalKLLoss(keras.losses.Loss):
             "block_bits": self.block_bits,
             "scale": self.scale,
             "target_multiple": self.target_multiple,
+            "warmup_steps": self.warmup_steps,
         }

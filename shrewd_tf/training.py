@@ -211,7 +211,8 @@ def loss_weights(loss_config, labelled=True):
     return raw
 
 
-def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
+def make_losses(loss_config, class_distances=None, seed=None, labelled=True,
+                steps_per_epoch=1):
     """Keras losses keyed by model output (see `loss_weights`).
 
     Args:
@@ -222,6 +223,9 @@ def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
         seed: seed of the KL target sampler.
         labelled: whether the data has class labels (cross-entropy on
             `logits` only then).
+        steps_per_epoch: converts `kl_warmup_epochs` into steps. With a
+            warm-up, the KL loss needs `set_step_counter` (done by
+            `compile_shrewd_model`).
     """
     terms = loss_config.terms
     weights = loss_weights(loss_config, labelled)
@@ -244,6 +248,7 @@ def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
             block_bits=loss_config.kl_block_bits,
             scale=loss_config.kl_scale,
             target_multiple=loss_config.kl_target_multiple,
+            warmup_steps=kl_warmup_steps(loss_config, steps_per_epoch),
         )
     if "reg" in terms:
         losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(
@@ -254,6 +259,23 @@ def make_losses(loss_config, class_distances=None, seed=None, labelled=True):
             from_logits=True, name="cross_entropy"
         )
     return losses
+
+
+def kl_warmup_steps(loss_config, steps_per_epoch):
+    """`kl_warmup_epochs` in optimiser steps (rounded, >= 1 when on).
+
+    Raises:
+        ValueError: a negative or non-finite `kl_warmup_epochs`.
+    """
+    epochs = loss_config.kl_warmup_epochs
+    if not (isinstance(epochs, (int, float)) and 0 <= epochs < float("inf")):
+        raise ValueError(
+            "`loss.kl_warmup_epochs` must be a finite number >= 0 (0: no "
+            f"warm-up). Received: kl_warmup_epochs={epochs!r}"
+        )
+    if epochs == 0:
+        return 0
+    return max(1, int(round(epochs * steps_per_epoch)))
 
 
 def with_kl_output(model):
@@ -292,7 +314,7 @@ def compile_shrewd_model(model, config, class_distances, num_replicas=1,
     train_model = with_kl_output(model)
     losses = make_losses(
         config.loss, class_distances, seed=config.train.seed,
-        labelled=labelled,
+        labelled=labelled, steps_per_epoch=steps_per_epoch,
     )
     missing = sorted(set(losses) - set(train_model.output))
     if missing:
@@ -307,8 +329,11 @@ def compile_shrewd_model(model, config, class_distances, num_replicas=1,
     metrics = {}
     if LOGITS_OUTPUT in train_model.output:
         metrics[LOGITS_OUTPUT] = ["sparse_categorical_accuracy"]
+    optimizer = make_optimizer(config.train, num_replicas, steps_per_epoch)
+    if KL_OUTPUT in losses and losses[KL_OUTPUT].warmup_steps:
+        losses[KL_OUTPUT].set_step_counter(optimizer.iterations)
     train_model.compile(
-        optimizer=make_optimizer(config.train, num_replicas, steps_per_epoch),
+        optimizer=optimizer,
         loss=losses,
         loss_weights={name: weights[name] for name in losses},
         metrics=metrics,

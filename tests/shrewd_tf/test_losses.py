@@ -641,3 +641,46 @@ def test_mixed_float16_values_match_float32_within_input_rounding(
     drawn = np.asarray(losses.EmpiricalKLLoss(k=1, seed=7).sample_target(
         (16, 8)))
     assert abs(kl16 - kl32) <= kl_bound(drawn).mean() + 1e-5
+
+
+# === lambda1 warm-up ===
+
+
+def test_kl_warmup_scales_the_term_by_step_over_warmup_steps():
+    rng = np.random.default_rng(5)
+    codes = rng.random((16, 8)).astype("float32")
+    step = tf.Variable(0, dtype=tf.int64)
+    ramped = losses.EmpiricalKLLoss(seed=2, warmup_steps=4, step_counter=step)
+    full = losses.EmpiricalKLLoss(seed=2)
+    for value, fraction in [(0, 0.0), (1, 0.25), (3, 0.75), (4, 1.0), (9, 1.0)]:
+        step.assign(value)
+        # Same seed and call count: both draw the same target sample.
+        got = float(ramped(codes, codes))
+        want = float(full(codes, codes))
+        assert got == pytest.approx(fraction * want, rel=1e-6, abs=1e-7)
+
+
+def test_kl_warmup_follows_the_optimizer_in_fit():
+    rng = np.random.default_rng(6)
+    images = rng.random((32, 4)).astype("float32")
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(8, activation="sigmoid")]
+    )
+    optimizer = keras.optimizers.Adam(1e-3)
+    kl = losses.EmpiricalKLLoss(seed=1, warmup_steps=10)
+    kl.set_step_counter(optimizer.iterations)
+    model.compile(optimizer=optimizer, loss=kl)
+    model.fit(images, images, batch_size=8, epochs=1, verbose=0)  # 4 steps
+    assert float(kl.warmup_factor()) == pytest.approx(0.4)
+
+
+def test_kl_warmup_needs_a_counter_and_a_valid_length():
+    codes = np.full((4, 2), 0.5, "float32")
+    with pytest.raises(ValueError, match="step_counter=optimizer.iterations"):
+        losses.EmpiricalKLLoss(warmup_steps=3)(codes, codes)
+    for bad in (-1, 2.5, True, "3"):
+        with pytest.raises(ValueError, match="warmup_steps"):
+            losses.EmpiricalKLLoss(warmup_steps=bad)
+    config = losses.EmpiricalKLLoss(warmup_steps=np.int64(7)).get_config()
+    assert config["warmup_steps"] == 7
+    assert losses.EmpiricalKLLoss.from_config(config).warmup_steps == 7

@@ -275,3 +275,30 @@ def test_recalibrate_batch_norm_averages_the_batch_statistics():
     )
     assert bn.momentum == 0.99  # restored
     np.testing.assert_allclose(model.get_weights()[0], np.ones((3, 2)))
+
+
+def test_kl_warmup_epochs_become_steps_on_the_optimizer_counter():
+    from shrewd_tf import models
+
+    cfg = config_lib.ExperimentConfig().with_overrides(
+        {"loss.losses": "SIM-KL", "model.code_bits": 8,
+         "loss.kl_warmup_epochs": 1.5}
+    )
+    assert training.kl_warmup_steps(cfg.loss, 10) == 15
+    assert training.kl_warmup_steps(
+        config_lib.LossConfig(kl_warmup_epochs=0.01), 10) == 1
+    assert training.kl_warmup_steps(config_lib.LossConfig(), 10) == 0
+    with pytest.raises(ValueError, match="kl_warmup_epochs=-1"):
+        training.kl_warmup_steps(config_lib.LossConfig(kl_warmup_epochs=-1), 10)
+    model = models.build_shrewd_model(
+        "cifar_resnet", (8, 8, 1), 3, code_bits=8,
+        encoder_kwargs={"depth": 8, "base_filters": 2},
+    )
+    train_model = training.compile_shrewd_model(
+        model, cfg, np.ones((3, 3)) - np.eye(3), steps_per_epoch=10
+    )
+    kl = train_model.loss["code_kl"]
+    assert kl.warmup_steps == 15
+    assert kl.step_counter is train_model.optimizer.iterations
+    train_model.optimizer.iterations.assign(6)
+    assert float(kl.warmup_factor()) == pytest.approx(0.4)
