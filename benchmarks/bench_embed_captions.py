@@ -47,7 +47,7 @@ def write_records(directory, captions):
     """One split "train" of captioned 8x8 grey images in SHARDS shards."""
     import tensorflow as tf
 
-    from shrewd_tf import data
+    from shrewd_tf.data import records as data
 
     os.makedirs(directory)
     rng = np.random.default_rng(1)
@@ -70,7 +70,7 @@ def write_records(directory, captions):
 
 def time_encoder(captions, batch_size):
     """(cold seconds: load + encode, warm seconds: a second encode)."""
-    from shrewd_tf import text
+    from shrewd_tf.text import encoder as text
 
     start = time.perf_counter()
     encoder = text.SentenceEncoder()

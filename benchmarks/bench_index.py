@@ -48,9 +48,9 @@ import time
 import faiss
 import numpy as np
 
-from shrewd_tf import hamming_index
-from shrewd_tf import index as index_lib
-from shrewd_tf import scann_index
+from shrewd_tf.retrieval import hamming_index
+from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import scann_index
 
 CODE_BITS = 64
 

@@ -11,7 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
-from shrewd_tf import datasets
+from shrewd_tf.data import tfds_sources as datasets
 
 
 def throughput(dataset, repeats=2):

@@ -2,7 +2,7 @@
 
 For B in (256, 1024, 4096) and d = 64 codes, runs forward + backward of
 
-* L_sim (eq. 2) with `shrewd_tf.pairwise.pairwise_manhattan_distances`
+* L_sim (eq. 2) with `shrewd_tf.ops.pairwise.pairwise_manhattan_distances`
   (bit-chunked, custom chunked gradient);
 * L_sim through the naive [B, B, d] pairwise tensor and TF's own gradient
   (skipped where its estimated peak exceeds --naive_limit_gib);
@@ -47,8 +47,8 @@ def run_case(case, batch, repeats, device_memory):
     import numpy as np
     import tensorflow as tf
 
-    from shrewd_tf import losses
-    from shrewd_tf import target_sampling
+    from shrewd_tf.losses import keras_losses as losses
+    from shrewd_tf.ops import target_sampling
 
     def naive_similarity(codes, targets):
         distances = tf.reduce_sum(

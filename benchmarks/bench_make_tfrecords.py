@@ -27,7 +27,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 from pipeline import make_tfrecords
-from shrewd_tf import datasets
+from shrewd_tf.data import tfds_sources as datasets
 
 
 def write_idx(path, array):

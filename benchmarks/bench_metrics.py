@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from shrewd_tf import metrics
+from shrewd_tf.evaluation import metrics
 
 
 def make_codes(rng, num, centres, spread):

@@ -17,9 +17,9 @@ import time
 
 import numpy as np
 
-from shrewd_tf import class_synsets
-from shrewd_tf import semantics
-from shrewd_tf import wordnet_corpus
+from shrewd_tf.semantics import class_synsets
+from shrewd_tf.semantics import distances as semantics
+from shrewd_tf.semantics import wordnet_corpus
 
 
 def nltk_loop_distances(wordnet, names):

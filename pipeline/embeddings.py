@@ -1,6 +1,6 @@
 """Caption embeddings in Beam: a sentence-encoder ModelHandler for RunInference.
 
-`SentenceEncoderModelHandler` loads `shrewd_tf.text.SentenceEncoder` once
+`SentenceEncoderModelHandler` loads `shrewd_tf.text.encoder.SentenceEncoder` once
 per worker (`load_model`) and embeds each batch that `RunInference` forms
 in one `encode` call. `EmbedCaptions` is the step the jobs use:
 `ImageRecord`s in, `(records with caption_embedding, dead_letters)` out.
@@ -46,7 +46,7 @@ class SentenceEncoderModelHandler(inference_base.ModelHandler):
 
     Args:
         text_encoder: None (all-MiniLM-L6-v2), or any model path or TF-Hub
-            handle that `shrewd_tf.text.SentenceEncoder` accepts.
+            handle that `shrewd_tf.text.encoder.SentenceEncoder` accepts.
         min_batch_size: smallest batch `BatchElements` forms.
         max_batch_size: largest batch; one `encode` call per batch.
         share_model_across_processes: one model per machine shared by the
@@ -83,7 +83,7 @@ class SentenceEncoderModelHandler(inference_base.ModelHandler):
         return str(self.text_encoder)
 
     def load_model(self):
-        from shrewd_tf import text
+        from shrewd_tf.text import encoder as text
 
         log.info("loading sentence encoder %s", self.encoder_name)
         return text.SentenceEncoder(self.text_encoder,

@@ -1,7 +1,7 @@
 """Beam job: the C x C class-distance matrix that training matches codes to.
 
 Kinds (`--kind`), all float64 `[C, C]`, symmetric, zero diagonal (the rules
-of `shrewd_tf.semantics`):
+of `shrewd_tf.semantics.distances`):
 
 * `wup`: `1 - WUP` between the classes' WordNet noun synsets, the closer of
   the two directions, 0 for two classes with the same synset;
@@ -14,7 +14,7 @@ of `shrewd_tf.semantics`):
   all-MiniLM-L6-v2), symmetrised as `(d + d.T) / 2`.
 
 Classes, in label order, come from `--dataset` (fashion_mnist, cifar100,
-imagenet2012: curated synsets of `shrewd_tf.class_synsets`; ImageNet class
+imagenet2012: curated synsets of `shrewd_tf.semantics.class_synsets`; ImageNet class
 names are wnids) or from `--tfrecord-dir` (`dataset_info.json` class names,
 mapped to synsets by `--synsets-file` lines `name synset`, the name may
 contain spaces; without the file each class name must be a synset name such
@@ -57,11 +57,11 @@ from apache_beam.ml.inference import base as inference_base
 from pipeline import embeddings
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import pipeline_options
-from shrewd_tf import class_synsets
+from shrewd_tf.semantics import class_synsets
 from shrewd_tf import config
-from shrewd_tf import data
-from shrewd_tf import inputs
-from shrewd_tf import semantics
+from shrewd_tf.data import records as data
+from shrewd_tf.data import pipelines as inputs
+from shrewd_tf.semantics import distances as semantics
 
 log = logging.getLogger(__name__)
 
@@ -485,7 +485,7 @@ def run(argv=None, test_pipeline=None, model_handler=None):
         transform_args.update(synsets=classes.synsets,
                               wordnet_root=args.wordnet_root)
     elif kind == "lcs":
-        from shrewd_tf import inputs
+        from shrewd_tf.data import pipelines as inputs
 
         edges = semantics.read_parent_child_edges(args.hierarchy_file)
         node_ids = (

@@ -11,7 +11,7 @@ Sources (`--source`):
 * `tfds:<name>`: a TFDS dataset already prepared in `--data-dir` (never
   downloads); `--splits` entries are `name` or `name=<tfds split>`, e.g.
   `train=train[:90%],validation=train[90%:],test`.
-* `captions:<file>`: a captions file (see `shrewd_tf.image_folder`) and the
+* `captions:<file>`: a captions file (see `shrewd_tf.data.image_folder`) and the
   images it names. One file holds every split: with two `--splits` names
   (default `train,test`) a record goes to the second when the SHA-256 of
   its id, read as a number in [0, 1), is below `--test-fraction`
@@ -52,9 +52,9 @@ from pipeline.outputs import WriteTFRecords
 from pipeline.outputs import records_written
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import pipeline_options
-from shrewd_tf import data
-from shrewd_tf import datasets
-from shrewd_tf import image_folder
+from shrewd_tf.data import records as data
+from shrewd_tf.data import tfds_sources as datasets
+from shrewd_tf.data import image_folder
 
 log = logging.getLogger(__name__)
 

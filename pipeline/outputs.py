@@ -20,7 +20,7 @@ import tempfile
 
 import apache_beam as beam
 
-from shrewd_tf import data
+from shrewd_tf.data import records as data
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,9 @@ and is skipped when its configuration and inputs are unchanged:
 * trainer: one `shrewd train` run per configuration (loss set) -> a run
   directory each (model.keras, preprocessing.json, metrics).
 * evaluator: metrics of every configuration on the test split and
-  `report.md` with plots (`shrewd_tf.report`).
+  `report.md` with plots (`shrewd_tf.evaluation.report`).
 * exporter: the first configuration as a TF-Serving SavedModel plus
-  `models.config` (`shrewd_tf.export`).
+  `models.config` (`shrewd_tf.export.saved_model`).
 * index_builder: the database split bulk-encoded with the exported model
   (`pipeline.build_index`, Beam) into ScaNN and binary Hamming indexes.
 
@@ -126,7 +126,7 @@ def _experiment_for(experiment, configuration, semantics_outputs, run_dir):
 def trainer(context):
     """Trains every configuration (`shrewd train` on the TFRecords)."""
     from shrewd_tf import config as config_lib
-    from shrewd_tf import trainer as trainer_lib
+    from shrewd_tf.training import trainer as trainer_lib
 
     experiment = config_lib.ExperimentConfig.from_dict(context.config["experiment"])
     runs, metrics = {}, {}
@@ -144,8 +144,8 @@ def trainer(context):
 
 def evaluator(context):
     """Metrics of every trained configuration and report.md with plots."""
-    from shrewd_tf import evaluation
-    from shrewd_tf import report
+    from shrewd_tf.evaluation import evaluate as evaluation
+    from shrewd_tf.evaluation import report
 
     runs = context.inputs["trainer"].outputs["runs"]
     k = context.config["k"]
@@ -177,7 +177,7 @@ def evaluator(context):
 
 def exporter(context):
     """The first configuration as a TF-Serving SavedModel."""
-    from shrewd_tf import export
+    from shrewd_tf.export import saved_model as export
 
     runs = context.inputs["trainer"].outputs["runs"]
     configuration = context.config["configurations"][0]
@@ -196,9 +196,9 @@ def exporter(context):
 
 def index_builder(context):
     """The database split encoded with the export, indexed (Beam)."""
-    from shrewd_tf import index_builder as index_builder_lib
+    from shrewd_tf.retrieval import builder as index_builder_lib
 
-    from shrewd_tf import data
+    from shrewd_tf.data import records as data
 
     cfg = context.config
     tfrecord_dir = context.inputs["semantics"].outputs["tfrecord_dir"]

@@ -28,9 +28,9 @@ import apache_beam as beam
 
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.dead_letters import dead_letter
-from shrewd_tf import data
-from shrewd_tf import datasets
-from shrewd_tf import image_folder
+from shrewd_tf.data import records as data
+from shrewd_tf.data import tfds_sources as datasets
+from shrewd_tf.data import image_folder
 
 FASHION_MNIST_CHUNK_SIZE = 2_000
 TFDS_CHUNK_SIZE = 10_000
@@ -375,7 +375,7 @@ class _LoadImage(beam.DoFn):
 class ReadImageFolder(beam.PTransform):
     """A captions file and its images -> `(records, dead_letters)`.
 
-    See `shrewd_tf.image_folder` for the file format. Each row is checked
+    See `shrewd_tf.data.image_folder` for the file format. Each row is checked
     (caption, label, unique id: the first line with an id wins), its image
     read and checked with `image_folder.prepare_image`; rejected rows become
     dead letters. Label ids index `class_names`.

@@ -7,7 +7,7 @@ A query is one of
   `:predict` forwarded to a TF Serving REST endpoint, `--encoder-url`);
 * `{"code": [floats]}`: a float code [d];
 * `{"bits": [ints] | {"b64": ...}}`: a packed binary code, d / 8 bytes, MSB
-  first (`np.packbits`, the convention of `shrewd_tf.index.pack_codes`).
+  first (`np.packbits`, the convention of `shrewd_tf.retrieval.base.pack_codes`).
 
 `"mode": "binary"` searches the Hamming index (`BinaryHammingIndex`): image
 queries use the model's "bits" output (its "code" when the index re-ranks
@@ -34,8 +34,8 @@ from serving.encoders import decode_b64
 from serving.errors import ServingError
 from serving.errors import invalid_argument
 from serving.errors import not_found
-from shrewd_tf.index import INT_ID_PAD
-from shrewd_tf.index import STR_ID_PAD
+from shrewd_tf.retrieval.base import INT_ID_PAD
+from shrewd_tf.retrieval.base import STR_ID_PAD
 
 BINARY = "binary"
 FLOAT = "float"

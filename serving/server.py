@@ -6,7 +6,7 @@ python -m serving --export-root exports --binary-index index/binary \\
 ```
 
 `Server(ServerConfig(...)).start()` loads the models (`serving.models`) and
-indexes (`shrewd_tf.index.load_index`), then answers REST on `rest_port`
+indexes (`shrewd_tf.retrieval.base.load_index`), then answers REST on `rest_port`
 (`serving.rest`) and gRPC on `grpc_port` (`serving.grpc_service`), each on
 its own threads, until `stop()`. `serve(config)` does the same and blocks
 until SIGINT / SIGTERM. Ports 0 pick free ports (read them back from
@@ -128,7 +128,7 @@ def _load_indexes(config):
     """{"binary": index, "float": index} from the configured directories."""
     from serving.retrieval import BINARY
     from serving.retrieval import FLOAT
-    from shrewd_tf.index import load_index
+    from shrewd_tf.retrieval.base import load_index
 
     indexes = {}
     for mode, directory, index_type in (

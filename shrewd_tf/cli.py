@@ -8,7 +8,7 @@ import argparse
 import logging
 import sys
 
-from shrewd_tf import wordnet_corpus
+from shrewd_tf.semantics import wordnet_corpus
 
 
 def _setup_wordnet(args):
@@ -63,8 +63,8 @@ def _parse_value(text):
 
 
 def _train(args):
-    from shrewd_tf import evaluation
-    from shrewd_tf import trainer
+    from shrewd_tf.evaluation import evaluate as evaluation
+    from shrewd_tf.training import trainer
 
     result = trainer.train(_load_config(args))
     print(evaluation.markdown_table({result.output_dir: result.metrics}))
@@ -72,7 +72,7 @@ def _train(args):
 
 
 def _evaluate(args):
-    from shrewd_tf import evaluation
+    from shrewd_tf.evaluation import evaluate as evaluation
 
     result = evaluation.evaluate_run(args.run_dir, args.output, k=args.k)
     print(evaluation.markdown_table({args.run_dir: result}))
@@ -80,8 +80,8 @@ def _evaluate(args):
 
 
 def _ablation(args):
-    from shrewd_tf import evaluation
-    from shrewd_tf import experiments
+    from shrewd_tf.evaluation import evaluate as evaluation
+    from shrewd_tf.evaluation import experiments
 
     config = _load_config(args)
     rows = experiments.run_ablation(
@@ -92,7 +92,7 @@ def _ablation(args):
 
 
 def _zero_shot(args):
-    from shrewd_tf import experiments
+    from shrewd_tf.evaluation import experiments
 
     config = _load_config(args)
     holdout = [int(c) for c in args.holdout.split(",")]
@@ -113,7 +113,7 @@ def _demo(args):
 
 
 def _index_build(args):
-    from shrewd_tf import index_builder
+    from shrewd_tf.retrieval import builder as index_builder
 
     logging.getLogger().setLevel(logging.INFO)
     try:
@@ -128,7 +128,7 @@ def _index_build(args):
 
 
 def _export(args):
-    from shrewd_tf import export
+    from shrewd_tf.export import saved_model as export
 
     try:
         path = export.export_saved_model(
@@ -342,7 +342,7 @@ def build_parser():
             "indexes under --output-dir."
         ),
     )
-    from shrewd_tf import index_builder
+    from shrewd_tf.retrieval import builder as index_builder
 
     index_builder.add_build_arguments(index_build, beam_options=True)
     index_build.set_defaults(run=_index_build)

@@ -154,7 +154,7 @@ class LossConfig:
             (default 0.02: 96 % of its mass within 0.1 of {0, 1}; the
             paper's 0.1 has 81 %).
         kl_block_bits: estimate the KL per block of this many bits (a
-            divisor of code_bits; `shrewd_tf.empirical_kl`), or None for
+            divisor of code_bits; `shrewd_tf.ops.empirical_kl`), or None for
             the paper's joint estimate in code_bits dimensions.
         kl_scale: "paper" (eq. 4 as written) or "wkv" (times d plus the
             Wang-Kulkarni-Verdu constant: nats).

@@ -10,10 +10,10 @@ import pytest
 from pipeline import build_index
 from pipeline import bulk_encode
 from pipeline.dead_letters import read_dead_letters
-from shrewd_tf import data
-from shrewd_tf import index as index_lib
-from shrewd_tf import index_builder
-from tests.pipeline import encoder_fixtures
+from shrewd_tf.data import records as data
+from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import builder as index_builder
+from tests.support import encoders as encoder_fixtures
 
 NUM_GOOD = 100
 

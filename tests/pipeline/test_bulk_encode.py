@@ -11,8 +11,8 @@ from apache_beam.testing.util import equal_to
 
 from pipeline import bulk_encode
 from pipeline.dead_letters import dead_letter_counts
-from shrewd_tf import data
-from tests.pipeline import encoder_fixtures
+from shrewd_tf.data import records as data
+from tests.support import encoders as encoder_fixtures
 
 
 @pytest.fixture(scope="module")

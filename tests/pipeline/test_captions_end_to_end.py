@@ -16,8 +16,8 @@ import tensorflow as tf
 from pipeline import embed_captions
 from pipeline import make_tfrecords
 from shrewd_tf import config as config_lib
-from shrewd_tf import data
-from shrewd_tf import trainer
+from shrewd_tf.data import records as data
+from shrewd_tf.training import trainer
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (40, 60, 220)}
 SHAPES = ("square", "stripe")

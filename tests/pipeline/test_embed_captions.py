@@ -19,7 +19,7 @@ from apache_beam.testing import test_pipeline  # noqa: E402
 
 from pipeline import dead_letters  # noqa: E402
 from pipeline import embed_captions  # noqa: E402
-from shrewd_tf import data  # noqa: E402
+from shrewd_tf.data import records as data  # noqa: E402
 from tests.paths import REPO_ROOT  # noqa: E402
 from tests.pipeline.test_embeddings import FAKE_DIM  # noqa: E402
 from tests.pipeline.test_embeddings import NAN_MARK  # noqa: E402

@@ -21,7 +21,7 @@ from apache_beam.testing.util import equal_to  # noqa: E402
 
 from pipeline import dead_letters  # noqa: E402
 from pipeline import embeddings  # noqa: E402
-from shrewd_tf import data  # noqa: E402
+from shrewd_tf.data import records as data  # noqa: E402
 
 FAKE_DIM = 8
 NAN_MARK = "NANWORD"  # captions with this word embed to nan
@@ -228,7 +228,7 @@ def test_run_inference_encodes_one_batch_in_one_call():
 
 
 def test_real_default_encoder_matches_sentence_encoder():
-    text = pytest.importorskip("shrewd_tf.text")
+    text = pytest.importorskip("shrewd_tf.text.encoder")
     try:
         text.default_model_dir()
     except FileNotFoundError as error:

@@ -1,7 +1,7 @@
 """Tests for the label_distances job: Beam row blocks vs direct computation.
 
 Each matrix the job writes is compared with the same kind computed directly
-by `shrewd_tf.semantics` (one call, no blocks), with a few entries checked
+by `shrewd_tf.semantics.distances` (one call, no blocks), with a few entries checked
 against NLTK's `wup_similarity` or a hand-computed tree. `bert` uses the fake
 encoder of test_embeddings, injected with `run(..., model_handler=...)`.
 """
@@ -18,10 +18,10 @@ import pytest  # noqa: E402
 from apache_beam.testing import test_pipeline  # noqa: E402
 
 from pipeline import label_distances  # noqa: E402
-from shrewd_tf import class_synsets  # noqa: E402
-from shrewd_tf import data  # noqa: E402
-from shrewd_tf import semantics  # noqa: E402
-from shrewd_tf import wordnet_corpus  # noqa: E402
+from shrewd_tf.semantics import class_synsets  # noqa: E402
+from shrewd_tf.data import records as data  # noqa: E402
+from shrewd_tf.semantics import distances as semantics  # noqa: E402
+from shrewd_tf.semantics import wordnet_corpus  # noqa: E402
 from tests.paths import REPO_ROOT  # noqa: E402
 from tests.paths import SHARED_REFERENCE  # noqa: E402
 from tests.pipeline.test_embeddings import FakeEncoderHandler  # noqa: E402
@@ -245,7 +245,7 @@ def test_module_runs_as_a_script():
 
 
 def test_tfrecord_dir_from_a_known_source_uses_its_curated_synsets(tmp_path):
-    from shrewd_tf import datasets
+    from shrewd_tf.data import tfds_sources as datasets
 
     names = tuple(datasets.FASHION_MNIST_CLASS_NAMES)
     data.DatasetInfo(image_shape=(28, 28, 1), class_names=names[::-1],

@@ -11,7 +11,7 @@ import tensorflow as tf
 from apache_beam.testing import test_pipeline
 
 from pipeline import outputs
-from shrewd_tf import data
+from shrewd_tf.data import records as data
 
 
 def make_pipeline():

@@ -9,7 +9,7 @@ import pytest
 
 from pipeline import pipeline_config
 from pipeline import runner
-from shrewd_tf import index as index_lib
+from shrewd_tf.retrieval import base as index_lib
 from tests.pipeline.test_transforms import write_fake_fashion_mnist
 from tests.paths import REPO_ROOT
 

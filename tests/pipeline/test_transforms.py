@@ -15,8 +15,8 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
 from pipeline import transforms
-from shrewd_tf import data
-from shrewd_tf import datasets
+from shrewd_tf.data import records as data
+from shrewd_tf.data import tfds_sources as datasets
 
 
 def make_pipeline():

@@ -18,7 +18,7 @@ from serving.client import GrpcClient
 from serving.errors import ServingError
 from serving.server import Server
 from serving.server import ServerConfig
-from tests.serving import saved_models
+from tests.support import saved_models
 
 CODE_BITS = 16
 MAX_BATCH = 8

@@ -13,7 +13,7 @@ from tensorflow_serving.apis import prediction_log_pb2
 
 from serving.errors import ServingError
 from serving.models import ModelRepository
-from tests.serving import saved_models
+from tests.support import saved_models
 
 CODE_BITS = 16
 

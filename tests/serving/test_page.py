@@ -10,11 +10,11 @@ import pytest
 
 from serving.server import Server
 from serving.server import ServerConfig
-from shrewd_tf.index import BinaryHammingIndex
-from tests.serving import saved_models
-from tests.serving.helpers import b64
-from tests.serving.helpers import http_bytes
-from tests.serving.helpers import http_json
+from shrewd_tf.retrieval.base import BinaryHammingIndex
+from tests.support import saved_models
+from tests.support.http import b64
+from tests.support.http import http_bytes
+from tests.support.http import http_json
 
 CHROMIUM = "/usr/bin/chromium"
 CODE_BITS = 16

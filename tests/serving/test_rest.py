@@ -11,10 +11,10 @@ from serving.client import RestClient
 from serving.errors import ServingError
 from serving.server import Server
 from serving.server import ServerConfig
-from tests.serving import saved_models
-from tests.serving.helpers import b64
-from tests.serving.helpers import http_json
-from tests.serving.helpers import http_raw
+from tests.support import saved_models
+from tests.support.http import b64
+from tests.support.http import http_json
+from tests.support.http import http_raw
 
 CODE_BITS = 16
 MAX_REQUEST_BYTES = 200_000

@@ -9,12 +9,12 @@ import pytest
 from serving.client import RestClient
 from serving.server import Server
 from serving.server import ServerConfig
-from shrewd_tf.index import BinaryHammingIndex
-from shrewd_tf.index import ScannIndex
-from tests.serving import saved_models
-from tests.serving.helpers import b64
-from tests.serving.helpers import http_bytes
-from tests.serving.helpers import http_json
+from shrewd_tf.retrieval.base import BinaryHammingIndex
+from shrewd_tf.retrieval.base import ScannIndex
+from tests.support import saved_models
+from tests.support.http import b64
+from tests.support.http import http_bytes
+from tests.support.http import http_json
 
 CODE_BITS = 16
 NUM_IMAGES = 120

@@ -9,7 +9,7 @@ from serving.server import Server
 from serving.server import ServerConfig
 from serving.server import add_arguments
 from serving.server import config_from_args
-from tests.serving.helpers import http_json
+from tests.support.http import http_json
 
 
 def _parse(argv):

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from shrewd_tf import semantics
-from shrewd_tf import wordnet_corpus
+from shrewd_tf.semantics import distances as semantics
+from shrewd_tf.semantics import wordnet_corpus
 
 DEBIAN_DIR = Path(wordnet_corpus.DEBIAN_WORDNET_DIR)
 

@@ -8,8 +8,8 @@ import sys
 import pytest
 
 from shrewd_tf import cli
-from shrewd_tf import wordnet_corpus
-from tests.shrewd_tf.helpers import make_fake_source
+from shrewd_tf.semantics import wordnet_corpus
+from tests.support.sources import make_fake_source
 
 
 def test_setup_wordnet_builds_corpus(tmp_path, capsys):
@@ -138,8 +138,8 @@ def test_export_prints_the_version_dir_and_serves_grayscale(tmp_path, capsys):
     import numpy as np
     import tensorflow as tf
 
-    from tests.shrewd_tf.test_export import keras_codes
-    from tests.shrewd_tf.test_export import make_run_dir
+    from tests.shrewd_tf.export.test_saved_model import keras_codes
+    from tests.shrewd_tf.export.test_saved_model import make_run_dir
 
     run_dir = tmp_path / "run"
     model, mean, std = make_run_dir(
@@ -184,7 +184,7 @@ def test_export_names_missing_run_files(tmp_path, capsys):
 )
 def test_zero_shot_database_flag(tmp_path, monkeypatch, capsys, extra,
                                  database):
-    from shrewd_tf import experiments
+    from shrewd_tf.evaluation import experiments
 
     seen = {}
 

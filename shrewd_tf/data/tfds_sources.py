@@ -1,0 +1,504 @@
+"""Image data sources and tf.data input pipelines.
+
+Sources:
+
+* Fashion-MNIST from the IDX files of the Debian package
+  `dataset-fashion-mnist` (parsed here with NumPy, no download).
+* TFDS builders (`cifar100`, `imagenet2012`, `fashion_mnist`) read from a
+  user-given, already prepared `data_dir`; nothing is ever downloaded.
+
+Pipeline: `make_image_dataset` turns arrays or a `(image, label)` dataset into
+batches of per-channel standardised float32 images with the CIFAR
+augmentations (random horizontal flip, random shifts) for training.
+"""
+
+import gzip
+import logging
+import os
+
+import numpy as np
+import tensorflow as tf
+
+from shrewd_tf.semantics import class_synsets
+
+logger = logging.getLogger(__name__)
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_FILES = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+# Label order of the IDX files; one table shared with the synset mapping.
+FASHION_MNIST_CLASS_NAMES = class_synsets.FASHION_MNIST_CLASSES
+IDX_IMAGES_MAGIC = 2051  # 0x00000803: unsigned bytes, 3 dimensions
+IDX_LABELS_MAGIC = 2049  # 0x00000801: unsigned bytes, 1 dimension
+TFDS_NAMES = ("cifar100", "imagenet2012", "fashion_mnist")
+DEFAULT_SHIFT_FRACTION = 0.15
+
+# IDX type codes (third magic byte) -> big-endian NumPy dtypes.
+_IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+
+
+# === Fashion-MNIST (IDX files) ===
+
+
+def _read_file_bytes(path):
+    """Returns the (gunzipped when the file is gzip) bytes of `path`."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"Missing data file {path}. Install the Fashion-MNIST files with "
+            "`sudo apt-get install dataset-fashion-mnist` (or `make install`),"
+            " or pass the directory that holds them as data_dir."
+        )
+    with open(path, "rb") as f:
+        raw = f.read()
+    if raw[:2] != b"\x1f\x8b":
+        return raw
+    try:
+        return gzip.decompress(raw)
+    except (EOFError, OSError, gzip.BadGzipFile) as e:
+        raise ValueError(
+            f"Corrupt gzip file {path}: {e}. The file is truncated or damaged;"
+            " reinstall it with `sudo apt-get install --reinstall "
+            "dataset-fashion-mnist`."
+        ) from e
+
+
+def read_idx(path, expected_magic=None):
+    """Reads an IDX file (optionally gzip-compressed) into a NumPy array.
+
+    IDX layout: a 4-byte big-endian magic number (two zero bytes, a type code,
+    the number of dimensions), one big-endian int32 per dimension, then the
+    data in row-major order.
+
+    Args:
+        path: path to a `.idx*-ubyte` or `.gz` file.
+        expected_magic: int or None. When given (e.g. 2051 for images, 2049
+            for labels), the magic number must equal it.
+
+    Returns:
+        np.ndarray with the file's shape and native-endian dtype (uint8 for
+        the Fashion-MNIST files).
+
+    Raises:
+        FileNotFoundError: `path` does not exist.
+        ValueError: bad magic number, unknown type code, or a data size that
+            does not match the header (truncated or padded file).
+    """
+    data = _read_file_bytes(path)
+    if len(data) < 4:
+        raise ValueError(
+            f"Corrupt IDX file {path}: {len(data)} bytes, too short for the "
+            "4-byte magic number."
+        )
+    magic = int.from_bytes(data[:4], "big")
+    if expected_magic is not None and magic != expected_magic:
+        raise ValueError(
+            f"Corrupt IDX file {path}: magic number {magic}, expected "
+            f"{expected_magic}."
+        )
+    type_code, ndim = data[2], data[3]
+    if data[:2] != b"\x00\x00" or type_code not in _IDX_DTYPES or ndim == 0:
+        raise ValueError(
+            f"Corrupt IDX file {path}: invalid magic number {magic} "
+            f"(0x{magic:08x})."
+        )
+    header_size = 4 + 4 * ndim
+    if len(data) < header_size:
+        raise ValueError(
+            f"Corrupt IDX file {path}: truncated header ({len(data)} bytes, "
+            f"{ndim} dimensions need {header_size})."
+        )
+    shape = tuple(
+        int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)
+    )
+    dtype = _IDX_DTYPES[type_code]
+    expected_size = header_size + int(np.prod(shape)) * dtype.itemsize
+    if len(data) != expected_size:
+        kind = "truncated" if len(data) < expected_size else "trailing bytes"
+        raise ValueError(
+            f"Corrupt IDX file {path}: {kind}; header says shape {shape} "
+            f"({expected_size} bytes) but the data has {len(data)} bytes."
+        )
+    array = np.frombuffer(data, dtype=dtype, offset=header_size)
+    return array.reshape(shape).astype(dtype.newbyteorder("="))
+
+
+def load_fashion_mnist(split="train", data_dir=FASHION_MNIST_DIR):
+    """Loads a Fashion-MNIST split from the IDX files in `data_dir`.
+
+    Args:
+        split: `"train"` (60,000 images) or `"test"` (10,000 images).
+        data_dir: directory holding the four `*-ubyte.gz` files; defaults to
+            the Debian package `dataset-fashion-mnist`'s location.
+
+    Returns:
+        (images, labels): uint8 array [N, 28, 28, 1] (pixels 0..255) and
+        int64 array [N] of class ids 0..9 (see `FASHION_MNIST_CLASS_NAMES`).
+
+    Raises:
+        ValueError: unknown split, or a corrupt file (bad magic number, bad
+            dimensions, size mismatch, image/label count mismatch, labels
+            outside 0..9); the message names the file.
+        FileNotFoundError: a file is missing (the message says how to
+            install the Debian package).
+    """
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(
+            f"split must be one of {sorted(FASHION_MNIST_FILES)}. "
+            f"Received: split={split!r}"
+        )
+    images_name, labels_name = FASHION_MNIST_FILES[split]
+    images_path = os.path.join(data_dir, images_name)
+    labels_path = os.path.join(data_dir, labels_name)
+    images = read_idx(images_path, expected_magic=IDX_IMAGES_MAGIC)
+    labels = read_idx(labels_path, expected_magic=IDX_LABELS_MAGIC)
+    if images.shape[1:] != (28, 28):
+        raise ValueError(
+            f"Corrupt IDX file {images_path}: images are {images.shape[1:]}, "
+            "expected 28x28."
+        )
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(
+            f"Image/label count mismatch: {images_path} holds "
+            f"{images.shape[0]} images but {labels_path} holds "
+            f"{labels.shape[0]} labels."
+        )
+    if labels.size and labels.max() >= len(FASHION_MNIST_CLASS_NAMES):
+        raise ValueError(
+            f"Corrupt IDX file {labels_path}: label {int(labels.max())} is "
+            f"outside 0..{len(FASHION_MNIST_CLASS_NAMES) - 1}."
+        )
+    return images[..., np.newaxis], labels.astype(np.int64)
+
+
+# === TFDS builders (prepared data only) ===
+
+
+def load_tfds(name, split, data_dir, shuffle_files=False):
+    """Reads a prepared TFDS dataset as `(image, label)` pairs; never downloads.
+
+    Args:
+        name: one of `TFDS_NAMES`: `"cifar100"` (fine 100-class `label`),
+            `"imagenet2012"`, `"fashion_mnist"`.
+        split: a TFDS split string, e.g. `"train"`, `"test"`,
+            `"validation"`, `"train[:90%]"`.
+        data_dir: the TFDS data directory where the dataset was prepared
+            (`tfds build <name> --data_dir=...`; ImageNet needs its manual
+            download first, see the TFDS catalogue).
+        shuffle_files: bool, shuffle the order of the record files.
+
+    Returns:
+        tf.data.Dataset of (image uint8 [H, W, C], label int64 []); H and W
+        vary between ImageNet images.
+
+    Raises:
+        ValueError: unknown name.
+        FileNotFoundError: `data_dir` does not exist or the dataset is not
+            prepared in it.
+    """
+    import tensorflow_datasets as tfds  # heavy import, only when used
+
+    if name not in TFDS_NAMES:
+        raise ValueError(
+            f"name must be one of {TFDS_NAMES}. Received: name={name!r}"
+        )
+    if data_dir is None or not os.path.isdir(data_dir):
+        raise FileNotFoundError(
+            f"TFDS data_dir {data_dir!r} does not exist. Prepare the dataset "
+            f"there first (`tfds build {name} --data_dir=DIR`); shrewd_tf "
+            "never downloads datasets."
+        )
+    builder = tfds.builder(name, data_dir=data_dir)
+    try:
+        dataset = builder.as_dataset(
+            split=split, shuffle_files=shuffle_files
+        )
+    except AssertionError as e:  # TFDS reports unprepared data this way
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}."
+            f" Prepare it first (`tfds build {name} --data_dir={data_dir}`);"
+            " shrewd_tf never downloads datasets."
+        ) from e
+    return dataset.map(
+        lambda example: (
+            example["image"],
+            tf.cast(example["label"], tf.int64),
+        ),
+        num_parallel_calls=tf.data.AUTOTUNE,
+    )
+
+
+# === Input pipeline ===
+
+
+def channel_statistics(images, chunk_size=4096):
+    """Per-channel mean and standard deviation of images, in pixel units.
+
+    Uses float64 running sums over chunks, so it needs little memory and is
+    exact to float64 rounding. The standard deviation is the population one
+    (ddof=0).
+
+    Args:
+        images: array-like [N, H, W, C] (any numeric dtype), or a
+            tf.data.Dataset yielding `(image [H, W, C], label)` pairs or bare
+            images (image sizes may differ between elements).
+        chunk_size: images per chunk for array inputs.
+
+    Returns:
+        (mean, std): float32 arrays [C].
+
+    Raises:
+        ValueError: not a 4-D array, or no pixels.
+    """
+    total = total_sq = None
+    count = 0
+
+    def accumulate(chunk):
+        nonlocal total, total_sq, count
+        pixels = np.asarray(chunk, dtype=np.float64)
+        pixels = pixels.reshape(-1, pixels.shape[-1])
+        sums, sq = pixels.sum(axis=0), np.square(pixels).sum(axis=0)
+        total = sums if total is None else total + sums
+        total_sq = sq if total_sq is None else total_sq + sq
+        count += pixels.shape[0]
+
+    if isinstance(images, tf.data.Dataset):
+        for element in images.as_numpy_iterator():
+            accumulate(element[0] if isinstance(element, tuple) else element)
+    else:
+        images = np.asarray(images)
+        if images.ndim != 4:
+            raise ValueError(
+                "images must have shape [N, H, W, C]. "
+                f"Received: images.shape={images.shape}"
+            )
+        for start in range(0, images.shape[0], chunk_size):
+            accumulate(images[start : start + chunk_size])
+    if count == 0:
+        raise ValueError("channel_statistics needs at least one pixel.")
+    mean = total / count
+    var = np.maximum(total_sq / count - np.square(mean), 0.0)
+    return mean.astype(np.float32), np.sqrt(var).astype(np.float32)
+
+
+def random_shift(image, max_shift, seed):
+    """Shifts an image by a random integer offset, filling with zeros.
+
+    Implemented as zero padding by `max_shift` pixels on every side followed
+    by a random crop of the original size, so each axis is shifted by an
+    offset drawn uniformly from {-max_shift, ..., max_shift}.
+
+    Args:
+        image: float tensor [H, W, C] with static shape.
+        max_shift: (int, int), the largest shift in pixels along H and W.
+        seed: int tensor [2], seed of the stateless random crop.
+
+    Returns:
+        Tensor [H, W, C], same dtype.
+    """
+    shape = tf.shape(image)
+    dy, dx = max_shift
+    padded = tf.pad(image, [[dy, dy], [dx, dx], [0, 0]])
+    return tf.image.stateless_random_crop(padded, size=shape, seed=seed)
+
+
+def make_image_dataset(
+    images,
+    labels=None,
+    *,
+    global_batch_size,
+    training,
+    mean=None,
+    std=None,
+    normalize=True,
+    image_size=None,
+    num_channels=None,
+    augment=None,
+    flip=True,
+    shift_fraction=DEFAULT_SHIFT_FRACTION,
+    shuffle_buffer=None,
+    seed=None,
+    drop_remainder=None,
+):
+    """Builds a batched tf.data pipeline of standardised images and labels.
+
+    Per element, in order: cast to float32, resize to `image_size` (bilinear,
+    aspect ratio not kept), standardise `(x - mean) / std` per channel, tile
+    grayscale to `num_channels`, then (when augmenting) a random horizontal
+    flip and a random shift of up to `shift_fraction` of the height/width
+    with zero fill (zero = the channel mean after standardisation). Shuffling
+    happens before the map, batching after it, then `prefetch(AUTOTUNE)`.
+
+    Randomness is stateless and seeded: with a `seed`, two pipelines built
+    alike yield identical batches; each new iteration (epoch) reshuffles and
+    redraws augmentations, still deterministically.
+
+    Batching: `global_batch_size` is the batch of ONE step over all
+    replicas. Training passes `per_replica_batch *
+    strategy.num_replicas_in_sync`; `strategy.experimental_distribute_dataset`
+    (or `model.fit` under the strategy) splits each batch across replicas.
+
+    Args:
+        images: uint8/float array [N, H, W, C], or a tf.data.Dataset of
+            `(image [H, W, C], label)` pairs (then `labels` must be None).
+        labels: array [N] (class ids, or any per-example target such as
+            caption embeddings [N, D]) when `images` is an array.
+        global_batch_size: int, examples per batch over all replicas.
+        training: bool. True shuffles, augments and drops the last partial
+            batch (batch-coupled losses need full batches).
+        mean, std: per-channel statistics [C] (or scalars) in input pixel
+            units. Defaults: computed from `images` with
+            `channel_statistics` when `training`; required otherwise (pass
+            the TRAINING statistics for evaluation data).
+        normalize: bool; False skips standardisation (for a model that
+            normalises inside its graph).
+        image_size: None or (height, width) to resize to. Needed for
+            datasets whose images differ in size (ImageNet).
+        num_channels: None, or 3 to tile 1-channel images to RGB.
+        augment: bool, defaults to `training`.
+        flip: bool, random horizontal flips when augmenting.
+        shift_fraction: float in [0, 1), largest random shift as a fraction
+            of the image height/width (0.15 = +-15 %, the CIFAR setting).
+        shuffle_buffer: int; default: N for arrays, 10,000 for datasets.
+        seed: int or None, seeds shuffling and augmentation.
+        drop_remainder: bool, defaults to `training`.
+
+    Returns:
+        tf.data.Dataset of (image float32 [B, H, W, C], label [B]); integer
+        labels come out int64, other targets keep their dtype.
+
+    Raises:
+        ValueError: invalid arguments (the message quotes the value).
+    """
+    # === Validation ===
+    if not isinstance(global_batch_size, (int, np.integer)) or (
+        global_batch_size < 1
+    ):
+        raise ValueError(
+            "global_batch_size must be a positive int. "
+            f"Received: global_batch_size={global_batch_size}"
+        )
+    if not 0.0 <= shift_fraction < 1.0:
+        raise ValueError(
+            "shift_fraction must be in [0, 1). "
+            f"Received: shift_fraction={shift_fraction}"
+        )
+    if num_channels not in (None, 3):
+        raise ValueError(
+            "num_channels must be None or 3 (tile grayscale to RGB). "
+            f"Received: num_channels={num_channels}"
+        )
+    if image_size is not None:
+        image_size = tuple(int(s) for s in image_size)
+        if len(image_size) != 2 or min(image_size) < 1:
+            raise ValueError(
+                "image_size must be (height, width) with positive entries. "
+                f"Received: image_size={image_size}"
+            )
+    augment = training if augment is None else augment
+    drop_remainder = training if drop_remainder is None else drop_remainder
+
+    # === Source ===
+    if isinstance(images, tf.data.Dataset):
+        if labels is not None:
+            raise ValueError(
+                "Pass labels inside the dataset, not separately. "
+                f"Received: labels of type {type(labels).__name__}"
+            )
+        dataset = images
+        default_buffer = 10_000
+    else:
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        if images.ndim != 4 or labels.shape[:1] != images.shape[:1]:
+            raise ValueError(
+                "images must be [N, H, W, C] with labels [N, ...]. Received: "
+                f"images.shape={images.shape}, labels.shape={labels.shape}"
+            )
+        dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+        default_buffer = max(len(images), 1)
+
+    if normalize and (mean is None) != (std is None):
+        raise ValueError(
+            f"Give both mean and std or neither. Received: mean={mean}, "
+            f"std={std}"
+        )
+    if normalize and mean is None:
+        if not training:
+            raise ValueError(
+                "Evaluation pipelines need the training mean/std; compute "
+                "them with channel_statistics(train_images). Received: "
+                "mean=None, std=None, training=False"
+            )
+        mean, std = channel_statistics(images)
+        logger.info("Channel statistics: mean=%s std=%s", mean, std)
+    if normalize:
+        mean = np.asarray(mean, np.float32)
+        std = np.asarray(std, np.float32)
+        if np.any(~np.isfinite(std)) or np.any(std <= 0):
+            raise ValueError(
+                f"std must be finite and positive. Received: std={std}"
+            )
+
+    # === Shuffle, augment, batch ===
+    if training:
+        buffer = shuffle_buffer if shuffle_buffer else default_buffer
+        dataset = dataset.shuffle(
+            buffer, seed=seed, reshuffle_each_iteration=True
+        )
+    # One int64 per element seeds that element's flip and shift; a new
+    # iteration draws new (but seed-determined) values.
+    element_seeds = tf.data.Dataset.random(
+        seed=seed, rerandomize_each_iteration=True
+    )
+    dataset = tf.data.Dataset.zip((dataset, element_seeds))
+
+    def preprocess(example, element_seed):
+        image, label = example
+        image = tf.cast(image, tf.float32)
+        if image_size is not None:
+            image = tf.image.resize(image, image_size, method="bilinear")
+        if normalize:
+            image = (image - mean) / std
+        if num_channels == 3:
+            image = tf.broadcast_to(
+                image, tf.concat([tf.shape(image)[:-1], [3]], axis=0)
+            )
+        if augment:
+            if flip:
+                image = tf.image.stateless_random_flip_left_right(
+                    image, seed=tf.stack([element_seed, 0])
+                )
+            if shift_fraction > 0:
+                height, width = image.shape[0], image.shape[1]
+                if height is None or width is None:
+                    raise ValueError(
+                        "Random shifts need images of a known size; pass "
+                        "image_size. Received: image shape "
+                        f"{tuple(image.shape)}"
+                    )
+                max_shift = (
+                    int(round(shift_fraction * height)),
+                    int(round(shift_fraction * width)),
+                )
+                if max(max_shift) > 0:
+                    image = random_shift(
+                        image, max_shift, seed=tf.stack([element_seed, 1])
+                    )
+        if label.dtype.is_integer:
+            label = tf.cast(label, tf.int64)
+        return image, label
+
+    dataset = dataset.map(
+        preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+    )
+    dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
+    return dataset.prefetch(tf.data.AUTOTUNE)

@@ -1,0 +1,1 @@
+"""Export: the TF-Serving SavedModel of a trained run (`saved_model`)."""

@@ -1,0 +1,2 @@
+"""Pure maths, no I/O and no models: pairwise distances (eq. 2), the kNN
+estimators and the empirical KL of eq. 4, and the target samples."""

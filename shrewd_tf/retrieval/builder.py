@@ -1,0 +1,488 @@
+"""Building the retrieval indexes of a database: from codes or from images.
+
+`build_indexes` builds a `BinaryHammingIndex` and/or a `ScannIndex` over
+float codes, attaches the metadata table and saves each into its own
+folder of `output_dir` (each save is atomic, see `shrewd_tf.retrieval.base`).
+`build_index_from_tfrecords` is `shrewd index build`: it encodes one split
+of a TFRecord directory with an exported SavedModel in a Beam job
+(`pipeline.build_index`, DirectRunner by default) and builds the indexes
+from the codes; `build_index_from_codes` rebuilds them from the codes a
+previous job wrote, without encoding again.
+
+Output layout of `output_dir`:
+
+    binary/     BinaryHammingIndex (manifest.json, data-<hex>/)
+    scann/      ScannIndex
+    codes/      codes-SSSSS-of-NNNNN.tfrecord (one tf.train.Example per
+                image: id, code float[d], label, label_name, caption,
+                image_uri), dead_letters-00000-of-00001.jsonl and
+                codes_info.json (the SavedModel, split, counts, dead
+                letters per stage and the index kinds built)
+
+Ids are the record ids (strings); rows are sorted by id, so a rebuild from
+the same codes gives the same index whatever order the job wrote them in.
+The metadata table holds label, label_name, caption and image_uri per id.
+
+Example:
+    build_index_from_tfrecords("data/fmnist", "exports/shrewd",
+                               "indexes/fmnist", kinds=("binary",))
+    index = load_index("indexes/fmnist/binary")
+"""
+
+import glob
+import json
+import logging
+import os
+
+import numpy as np
+
+from shrewd_tf.retrieval import base as index_lib
+
+log = logging.getLogger(__name__)
+
+INDEX_KINDS = ("binary", "scann")
+CODES_DIR = "codes"
+CODES_PREFIX = "codes"
+CODES_INFO_FILE = "codes_info.json"
+
+
+def parse_kinds(kinds):
+    """Index kinds as a tuple, from "both", "binary", "scann" or a sequence.
+
+    Raises:
+        ValueError: on an unknown or empty kind list, quoting it.
+    """
+    if isinstance(kinds, str):
+        kinds = INDEX_KINDS if kinds == "both" else (kinds,)
+    kinds = tuple(dict.fromkeys(kinds))
+    if not kinds or any(kind not in INDEX_KINDS for kind in kinds):
+        raise ValueError(
+            f"`kinds` must be 'both' or a non-empty subset of {INDEX_KINDS}. "
+            f"Received: kinds={kinds!r}"
+        )
+    return kinds
+
+
+# === Codes files ===
+
+
+def code_example(record_id, code, metadata):
+    """One database code as a serialized `tf.train.Example`.
+
+    Args:
+        record_id: the record id (str).
+        code: float32 [d].
+        metadata: {"label": int, "label_name", "caption", "image_uri": str}.
+
+    Returns:
+        bytes.
+    """
+    import tensorflow as tf
+
+    def text(value):
+        return tf.train.Feature(
+            bytes_list=tf.train.BytesList(value=[value.encode("utf-8")])
+        )
+
+    feature = {
+        "id": text(record_id),
+        "code": tf.train.Feature(
+            float_list=tf.train.FloatList(
+                value=np.asarray(code, np.float32).tolist()
+            )
+        ),
+        "label": tf.train.Feature(
+            int64_list=tf.train.Int64List(value=[int(metadata["label"])])
+        ),
+        "label_name": text(metadata["label_name"]),
+        "caption": text(metadata["caption"]),
+        "image_uri": text(metadata["image_uri"]),
+    }
+    example = tf.train.Example(features=tf.train.Features(feature=feature))
+    return example.SerializeToString()
+
+
+def code_files(codes_dir):
+    """The sorted codes shards in `codes_dir`."""
+    return sorted(
+        glob.glob(os.path.join(codes_dir, f"{CODES_PREFIX}-*-of-*.tfrecord"))
+    )
+
+
+def read_codes(codes_dir, batch_size=8192):
+    """Reads the codes shards of `codes_dir`, sorted by id.
+
+    Returns:
+        (ids str [N], codes float32 [N, d], metadata {column: list [N]}).
+
+    Raises:
+        FileNotFoundError: no codes shards in `codes_dir`.
+        ValueError: codes of different lengths, or duplicate ids.
+    """
+    import tensorflow as tf
+
+    files = code_files(codes_dir)
+    if not files:
+        raise FileNotFoundError(
+            f"No codes shards ({CODES_PREFIX}-*-of-*.tfrecord) in "
+            f"{codes_dir!r}"
+        )
+    first = next(iter(tf.data.TFRecordDataset(files).take(1)), None)
+    if first is None:
+        raise ValueError(f"The codes shards in {codes_dir!r} are empty.")
+    example = tf.train.Example.FromString(first.numpy())
+    dim = len(example.features.feature["code"].float_list.value)
+    spec = {
+        "id": tf.io.FixedLenFeature([], tf.string),
+        "code": tf.io.FixedLenFeature([dim], tf.float32),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "label_name": tf.io.FixedLenFeature([], tf.string),
+        "caption": tf.io.FixedLenFeature([], tf.string),
+        "image_uri": tf.io.FixedLenFeature([], tf.string),
+    }
+    dataset = tf.data.TFRecordDataset(files).batch(batch_size).map(
+        lambda batch: tf.io.parse_example(batch, spec)
+    )
+    parts = {name: [] for name in spec}
+    try:
+        for batch in dataset.as_numpy_iterator():
+            for name, values in batch.items():
+                parts[name].append(values)
+    except tf.errors.InvalidArgumentError as error:
+        raise ValueError(
+            f"{codes_dir}: every code must have {dim} values "
+            f"(the first one's): {error.message.splitlines()[0]}"
+        ) from error
+    # One column at a time, so at most two copies of the codes exist.
+    columns = {}
+    for name in list(parts):
+        columns[name] = np.concatenate(parts.pop(name))
+    ids = np.asarray([v.decode("utf-8") for v in columns.pop("id")])
+    order = np.argsort(ids, kind="stable")
+    codes = columns.pop("code")[order]
+    metadata = {"label": columns.pop("label")[order].tolist()}
+    for name in ("label_name", "caption", "image_uri"):
+        metadata[name] = [v.decode("utf-8") for v in columns.pop(name)[order]]
+    return ids[order], codes, metadata
+
+
+def read_codes_info(codes_dir):
+    """The `codes_info.json` a job wrote next to its codes."""
+    with open(os.path.join(codes_dir, CODES_INFO_FILE)) as f:
+        return json.load(f)
+
+
+# === Indexes ===
+
+
+def new_indexes(
+    code_bits,
+    kinds=INDEX_KINDS,
+    binary_method="flat",
+    rerank=True,
+    binary_params=None,
+    scann_params=None,
+    num_threads=1,
+):
+    """Empty indexes of `kinds` ({kind: index}); see `build_indexes`.
+
+    Also the early check of a job's index flags: it raises the same
+    ValueError as the build would for unknown or bad parameters (not for
+    those that depend on N, such as nlist > N).
+
+    Raises:
+        ValueError: on bad kinds or index parameters, quoting them.
+    """
+    indexes = {}
+    kinds = parse_kinds(kinds)
+    if "binary" in kinds:
+        indexes["binary"] = index_lib.BinaryHammingIndex(
+            code_bits=code_bits,
+            method=binary_method,
+            rerank=rerank,
+            num_threads=num_threads,
+            **(binary_params or {}),
+        )
+    if "scann" in kinds:
+        indexes["scann"] = index_lib.ScannIndex(
+            num_threads=num_threads, **(scann_params or {})
+        )
+    return indexes
+
+
+def build_indexes(
+    codes,
+    ids,
+    output_dir,
+    metadata=None,
+    kinds=INDEX_KINDS,
+    binary_method="flat",
+    rerank=True,
+    binary_params=None,
+    scann_params=None,
+    num_threads=1,
+):
+    """Builds the indexes over `codes` and saves each to output_dir/<kind>.
+
+    All indexes are built in memory before the first save, so a build that
+    fails leaves every saved index as it was; each save is atomic.
+
+    Args:
+        codes: float codes [N, d] (in [0, 1] for "binary"; d a multiple of
+            8 for "binary").
+        ids: unique ids [N] (strings or ints >= 0).
+        output_dir: parent folder; indexes go to `binary/` and `scann/`.
+        metadata: None or {column: values [N]} (JSON-serialisable values).
+        kinds: "both", "binary", "scann" or a sequence of them.
+        binary_method: "flat", "mih", "ivf" or "hnsw".
+        rerank: re-rank the Hamming shortlist by float L1 distance.
+        binary_params: extra `BinaryHammingIndex` arguments (nlist, nprobe,
+            nhash, nflip, M, ef_construction, ef_search, rerank_candidates).
+        scann_params: `ScannIndex` arguments (distance, brute_force,
+            num_leaves, num_leaves_to_search, reorder_k, ...).
+        num_threads: threads for faiss and ScaNN.
+
+    Returns:
+        {kind: saved index directory}.
+
+    Raises:
+        ValueError: on no codes, mismatched lengths, bad kinds or bad index
+            parameters, quoting the value.
+    """
+    kinds = parse_kinds(kinds)
+    codes = np.asarray(codes)
+    if codes.ndim != 2 or len(codes) == 0:
+        raise ValueError(
+            "`codes` must be a non-empty 2-D array [N, d]. "
+            f"Received: codes.shape={codes.shape}"
+        )
+    if len(ids) != len(codes):
+        raise ValueError(
+            f"`ids` must have one id per code ({len(codes)}). "
+            f"Received: len(ids)={len(ids)}"
+        )
+    indexes = new_indexes(
+        codes.shape[1],
+        kinds,
+        binary_method=binary_method,
+        rerank=rerank,
+        binary_params=binary_params,
+        scann_params=scann_params,
+        num_threads=num_threads,
+    )
+    for kind, index in indexes.items():
+        index.build(codes, ids)
+        if metadata:
+            index.set_metadata(ids, **metadata)
+        log.info("built %s index over %d codes", kind, len(index))
+    directories = {}
+    for kind, index in indexes.items():
+        directories[kind] = os.path.join(output_dir, kind)
+        index.save(directories[kind])
+    stale = [
+        kind
+        for kind in INDEX_KINDS
+        if kind not in kinds
+        and os.path.exists(
+            os.path.join(output_dir, kind, index_lib.MANIFEST_FILE)
+        )
+    ]
+    if stale:
+        log.warning(
+            "%s: left the older %s index(es) as they were; they were not "
+            "built from these codes",
+            output_dir,
+            ", ".join(stale),
+        )
+    return directories
+
+
+def build_index_from_codes(codes_dir, output_dir, **kwargs):
+    """Builds indexes from the codes shards a `build_index` job wrote.
+
+    Args:
+        codes_dir: a `codes/` folder (codes-*.tfrecord).
+        output_dir: parent folder of `binary/` and `scann/`.
+        **kwargs: `build_indexes` arguments (kinds, binary_method, ...).
+
+    Returns:
+        {kind: saved index directory}.
+    """
+    ids, codes, metadata = read_codes(codes_dir)
+    return build_indexes(codes, ids, output_dir, metadata=metadata, **kwargs)
+
+
+def build_index_from_tfrecords(
+    tfrecord_dir,
+    saved_model,
+    output_dir,
+    split="test",
+    kinds=INDEX_KINDS,
+    binary_method="flat",
+    rerank=True,
+    binary_params=None,
+    scann_params=None,
+    num_threads=1,
+    signature="serving_default",
+    output_key="code",
+    batch_size=256,
+    image_uri_prefix="",
+    codes_shards=0,
+    pipeline_args=("--runner=DirectRunner",),
+):
+    """`shrewd index build`: encode a split with a SavedModel, then index it.
+
+    Runs the Beam job `pipeline.build_index` (DirectRunner unless
+    `pipeline_args` say otherwise, e.g. "--direct_num_workers=2",
+    "--direct_running_mode=multi_processing").
+
+    Args:
+        tfrecord_dir: a TFRecord directory (dataset_info.json + shards).
+        saved_model: a SavedModel version directory, or a model directory
+            (its highest integer version is used).
+        output_dir: gets `binary/`, `scann/` and `codes/`.
+        split: the split that is the database.
+        kinds, binary_method, rerank, binary_params, scann_params,
+            num_threads: see `build_indexes`.
+        signature: SavedModel signature taking encoded images tf.string [N].
+        output_key: its output holding float codes [N, d].
+        batch_size: images per signature call (at most).
+        image_uri_prefix: prepended to record ids to make image_uri, or a
+            template with "{id}" ("images/{id}.png").
+        codes_shards: codes shards to write (0: the runner chooses).
+        pipeline_args: Beam pipeline flags.
+
+    Returns:
+        `pipeline.build_index.BuildIndexResult`.
+    """
+    from pipeline import build_index
+
+    return build_index.build(
+        tfrecord_dir=tfrecord_dir,
+        saved_model=saved_model,
+        output_dir=output_dir,
+        split=split,
+        kinds=kinds,
+        binary_method=binary_method,
+        rerank=rerank,
+        binary_params=binary_params,
+        scann_params=scann_params,
+        num_threads=num_threads,
+        signature=signature,
+        output_key=output_key,
+        batch_size=batch_size,
+        image_uri_prefix=image_uri_prefix,
+        codes_shards=codes_shards,
+        pipeline_args=list(pipeline_args),
+    )
+
+
+# === Command-line flags (the job and `shrewd index build`) ===
+
+_BINARY_FLAGS = (
+    "nlist", "nprobe", "nhash", "nflip", "M", "ef_construction", "ef_search",
+    "rerank_candidates",
+)
+_SCANN_FLAGS = (
+    "num_leaves", "num_leaves_to_search", "reorder_k", "dimensions_per_block",
+    "training_sample_size",
+)
+
+
+def add_build_arguments(parser, beam_options=False):
+    """Adds the index-build flags to an `argparse` parser.
+
+    Args:
+        parser: an `argparse.ArgumentParser` (or subcommand parser).
+        beam_options: also add a repeatable `--beam-option FLAG` for
+            parsers that do not pass unknown flags through to Beam (the
+            `shrewd` CLI), e.g. `--beam-option=--direct_num_workers=2`.
+
+    Returns:
+        `parser`.
+    """
+    def flag(name, *args, **kwargs):
+        # --dash-names, with --underscore_names as Beam spells its own.
+        names = {f"--{name.replace('_', '-')}", f"--{name}"}
+        parser_or_group = kwargs.pop("group", parser)
+        parser_or_group.add_argument(*sorted(names), *args, **kwargs)
+
+    flag("tfrecord_dir", required=True,
+         help="TFRecord directory (dataset_info.json and shards)")
+    flag("split", default="test", help="the split that is the database")
+    flag("saved_model", required=True,
+         help="SavedModel version directory, or a model directory (its "
+         "highest integer version)")
+    flag("output_dir", required=True, help="gets binary/, scann/, codes/")
+    flag("index", default="both", choices=("both",) + INDEX_KINDS)
+    flag("signature", default="serving_default",
+         help="signature taking encoded images tf.string [N]")
+    flag("output_key", default="code", help="its output with float codes")
+    flag("batch_size", type=int, default=256, help="images per call")
+    flag("image_uri_prefix", default="",
+         help="prepended to record ids to make image_uri, or a template "
+              "with {id}, e.g. images/{id}.png")
+    flag("codes_shards", type=int, default=0,
+         help="codes shards (0: the runner chooses)")
+    flag("num_threads", type=int, default=1, help="faiss / ScaNN threads")
+    binary = parser.add_argument_group("binary (Hamming) index")
+    flag("binary_method", default="flat",
+         choices=("flat", "mih", "ivf", "hnsw"), group=binary)
+    flag("no_rerank", dest="rerank", action="store_false", group=binary,
+         help="Hamming distances only (no float L1 re-ranking)")
+    for name in _BINARY_FLAGS:
+        flag(name, type=int, dest=f"binary_{name}", group=binary)
+    scann = parser.add_argument_group("ScaNN index")
+    flag("scann_distance", default="squared_l2",
+         choices=("squared_l2", "dot_product"), group=scann)
+    flag("scann_brute_force", action="store_true", group=scann)
+    for name in _SCANN_FLAGS:
+        flag(f"scann_{name}", type=int, group=scann)
+    if beam_options:
+        parser.add_argument(
+            "--beam-option", action="append", default=[],
+            dest="beam_options", metavar="FLAG",
+            help="a Beam pipeline flag, repeatable "
+            "(--beam-option=--direct_num_workers=2)",
+        )
+    return parser
+
+
+def build_kwargs(args):
+    """`build_index_from_tfrecords` arguments from `add_build_arguments`.
+
+    Unset method flags are left out, so the index defaults apply; a flag
+    the chosen method does not take raises ValueError at the build.
+    """
+    kwargs = {
+        "tfrecord_dir": args.tfrecord_dir,
+        "saved_model": args.saved_model,
+        "output_dir": args.output_dir,
+        "split": args.split,
+        "kinds": args.index,
+        "binary_method": args.binary_method,
+        "rerank": args.rerank,
+        "binary_params": {
+            name: getattr(args, f"binary_{name}")
+            for name in _BINARY_FLAGS
+            if getattr(args, f"binary_{name}") is not None
+        },
+        "scann_params": {
+            "distance": args.scann_distance,
+            "brute_force": args.scann_brute_force,
+            **{
+                name: getattr(args, f"scann_{name}")
+                for name in _SCANN_FLAGS
+                if getattr(args, f"scann_{name}") is not None
+            },
+        },
+        "num_threads": args.num_threads,
+        "signature": args.signature,
+        "output_key": args.output_key,
+        "batch_size": args.batch_size,
+        "image_uri_prefix": args.image_uri_prefix,
+        "codes_shards": args.codes_shards,
+    }
+    if getattr(args, "beam_options", None):
+        kwargs["pipeline_args"] = ["--runner=DirectRunner", *args.beam_options]
+    return kwargs

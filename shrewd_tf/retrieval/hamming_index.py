@@ -1,0 +1,370 @@
+"""`BinaryHammingIndex`: k-NN in Hamming distance over packed binary codes.
+
+faiss binary indexes behind the `shrewd_tf.retrieval.base.RetrievalIndex` interface:
+exact `flat` scan (`IndexBinaryFlat`), multi-index hashing `mih`
+(`IndexBinaryMultiHash`, exact by default), `ivf` (`IndexBinaryIVF`) and
+`hnsw` (`IndexBinaryHNSW`), with optional re-ranking of a Hamming shortlist
+by L1 distance between float codes. Bit, id, padding and file conventions
+are in the `shrewd_tf.retrieval.base` docstring.
+
+Threads: faiss runs on `num_threads` OpenMP threads (default 1) set around
+each faiss call and restored after it; on a loaded 2-core machine faiss
+with 2 threads fell from 1,818 to 217 queries/s while 1 thread held. The
+OpenMP count is process-wide, so concurrent searches from several Python
+threads share it; never `add` while another thread searches.
+"""
+
+import contextlib
+import math
+import os
+
+import faiss
+import numpy as np
+
+from shrewd_tf.retrieval.base import (
+    HAMMING_PAD,
+    RetrievalIndex,
+    _as_codes,
+    _check_positive_int,
+    _pad_columns,
+)
+from shrewd_tf.retrieval.files import IndexFormatError
+
+# Float scratch per re-ranking chunk ([chunk, candidates, code_bits]).
+_RERANK_CHUNK_BYTES = 32 * 2**20
+
+
+@contextlib.contextmanager
+def _faiss_threads(num_threads):
+    """Runs faiss on `num_threads` OpenMP threads, restoring the old count."""
+    previous = faiss.omp_get_max_threads()
+    faiss.omp_set_num_threads(num_threads)
+    try:
+        yield
+    finally:
+        faiss.omp_set_num_threads(previous)
+
+
+_HAMMING_PARAMS = {
+    "flat": {},
+    # nhash tables of b = code_bits // nhash bits; a bucket probe flips up
+    # to nflip bits; exact: re-scan rows the probe radius cannot certify.
+    "mih": {"nhash": None, "nflip": 1, "exact": True},
+    "ivf": {"nlist": None, "nprobe": 16},
+    "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 128},
+}
+_HAMMING_SEARCH_PARAMS = {
+    "flat": (),
+    "mih": ("nflip", "exact"),
+    "ivf": ("nprobe",),
+    "hnsw": ("ef_search",),
+}
+
+
+class BinaryHammingIndex(RetrievalIndex):
+    """k-NN in Hamming distance over packed binary codes (faiss).
+
+    Methods (`method=`, parameters as keywords):
+
+    * "flat": exact scan, `faiss.IndexBinaryFlat`. Memory code_bits / 8
+      bytes per code (+ 8 bytes of id).
+    * "mih": multi-index hashing, `faiss.IndexBinaryMultiHash` with `nhash`
+      tables over disjoint substrings of b = code_bits // nhash bits (default
+      b = 16) probed with up to `nflip` flipped bits (default 1). A code at
+      Hamming distance r <= R = nhash * (nflip + 1) - 1 from the query
+      differs in at most nflip bits on some substring (pigeonhole), so it is
+      always found; with `exact=True` (default) every query whose k-th
+      distance exceeds R is re-searched with the flat scan, making results
+      exact. Measured (benchmarks/bench_index.py, 1M clustered codes,
+      k=250): faiss's per-query hash-set shortlist made mih slower than the
+      flat scan; it suits small k and tight clusters, not k=250.
+    * "ivf": `faiss.IndexBinaryIVF` with `nlist` Hamming k-means lists
+      (default 2 sqrt(N), set at build) and `nprobe` probed lists (16).
+      Trained at build on up to 256 codes per list (faiss default; about
+      70 s on one thread for nlist=2000); `add` does not retrain. The best
+      sub-linear method in the benchmark.
+    * "hnsw": `faiss.IndexBinaryHNSW` with `M` links per node (32),
+      `ef_construction` (40) and `ef_search` (128; raised to k when smaller).
+
+    Re-ranking (`rerank=True`): the Hamming top-C (C = max(k,
+    `rerank_candidates`), default C = 4k) is re-ordered by L1 distance
+    between the float query and the float database codes (stable, so L1 ties
+    keep the Hamming order) and cut to k. Float codes are kept (4 code_bits
+    bytes per code) only when re-ranking; distances are then L1 (float32).
+
+    Args:
+        code_bits: code length, a positive multiple of 8.
+        method: "flat", "mih", "ivf" or "hnsw".
+        rerank: re-rank a Hamming shortlist by float L1 distance.
+        rerank_candidates: shortlist size C (None: 4k).
+        num_threads: OpenMP threads for faiss calls (default 1).
+        **params: method parameters listed above.
+
+    Raises:
+        ValueError: on an unknown method or parameter, or bad values.
+    """
+
+    index_type = "binary_hamming"
+
+    def __init__(
+        self,
+        code_bits,
+        method="flat",
+        rerank=False,
+        rerank_candidates=None,
+        num_threads=1,
+        **params,
+    ):
+        super().__init__()
+        code_bits = _check_positive_int("code_bits", code_bits)
+        if code_bits % 8:
+            raise ValueError(
+                "`code_bits` must be a multiple of 8. "
+                f"Received: code_bits={code_bits}"
+            )
+        if method not in _HAMMING_PARAMS:
+            raise ValueError(
+                f"`method` must be one of {sorted(_HAMMING_PARAMS)}. "
+                f"Received: method={method!r}"
+            )
+        unknown = set(params) - set(_HAMMING_PARAMS[method])
+        if unknown:
+            raise ValueError(
+                f"Unknown parameters for method={method!r}: {sorted(unknown)}. "
+                f"Allowed: {sorted(_HAMMING_PARAMS[method])}"
+            )
+        self.code_bits = code_bits
+        self.method = method
+        self.rerank = bool(rerank)
+        self.rerank_candidates = _check_positive_int(
+            "rerank_candidates", rerank_candidates, allow_none=True
+        )
+        self.num_threads = _check_positive_int("num_threads", num_threads)
+        self.params = self._checked_params(
+            {**_HAMMING_PARAMS[method], **params}
+        )
+        # What the caller asked for; build-time defaults (nlist) come from N.
+        self._requested_params = dict(self.params)
+        self._engine = None
+        self._float_codes = None
+
+    def _checked_params(self, params):
+        """Returns a validated copy of `params` (nhash resolved)."""
+        p = dict(params)
+        if self.method == "mih":
+            if p["nhash"] is None:
+                p["nhash"] = max(1, self.code_bits // 16)
+            _check_positive_int("nhash", p["nhash"])
+            bits = self.code_bits // p["nhash"]
+            if bits < 1 or bits > 64:
+                raise ValueError(
+                    "`nhash` must give substrings of 1..64 bits "
+                    f"(code_bits // nhash). Received: nhash={p['nhash']}"
+                )
+            if isinstance(p["nflip"], bool) or not isinstance(
+                p["nflip"], (int, np.integer)
+            ) or not 0 <= p["nflip"] <= bits:
+                raise ValueError(
+                    f"`nflip` must be an integer in [0, {bits}]. "
+                    f"Received: nflip={p['nflip']!r}"
+                )
+            p["exact"] = bool(p["exact"])
+        elif self.method == "ivf":
+            _check_positive_int("nlist", p["nlist"], allow_none=True)
+            _check_positive_int("nprobe", p["nprobe"])
+        elif self.method == "hnsw":
+            for name in ("M", "ef_construction", "ef_search"):
+                _check_positive_int(name, p[name])
+        return p
+
+    @property
+    def is_exact(self):
+        """True when search returns the exact top-k Hamming distances.
+
+        flat and mih with exact=True; False for ivf, hnsw, and whenever
+        `rerank` is on (an L1 re-ranking of a Hamming shortlist is not an
+        exact L1 search).
+        """
+        exact = self.method == "flat" or (
+            self.method == "mih" and self.params["exact"]
+        )
+        return exact and not self.rerank
+
+    def get_config(self):
+        return {
+            "code_bits": self.code_bits,
+            "method": self.method,
+            "rerank": self.rerank,
+            "rerank_candidates": self.rerank_candidates,
+            "num_threads": self.num_threads,
+            **self.params,
+        }
+
+    def set_search_params(self, **params):
+        """Changes search-time parameters without rebuilding.
+
+        mih: nflip, exact; ivf: nprobe; hnsw: ef_search.
+
+        Raises:
+            ValueError: for parameters that need a rebuild, or bad values.
+        """
+        allowed = _HAMMING_SEARCH_PARAMS[self.method]
+        unknown = set(params) - set(allowed)
+        if unknown:
+            raise ValueError(
+                f"Search parameters of method={self.method!r} are "
+                f"{list(allowed)}. Received: {sorted(unknown)}"
+            )
+        self.params = self._checked_params({**self.params, **params})
+        self._requested_params.update(params)
+        if self._engine is not None:
+            self._apply_search_params()
+
+    def _check_codes(self, codes, name):
+        return _as_codes(codes, name, width=self.code_bits, unit_range=True)
+
+    def _new_engine(self, packed):
+        d, p = self.code_bits, self.params
+        if self.method == "flat":
+            return faiss.IndexBinaryFlat(d)
+        if self.method == "mih":
+            return faiss.IndexBinaryMultiHash(d, p["nhash"], d // p["nhash"])
+        if self.method == "hnsw":
+            engine = faiss.IndexBinaryHNSW(d, p["M"])
+            engine.hnsw.efConstruction = p["ef_construction"]
+            return engine
+        # ivf: needs training codes.
+        p["nlist"] = self._requested_params["nlist"]
+        if p["nlist"] is None:
+            p["nlist"] = min(
+                len(packed), max(1, round(2 * math.sqrt(len(packed))))
+            )
+        if len(packed) < p["nlist"]:
+            raise ValueError(
+                f"method='ivf' needs at least nlist={p['nlist']} codes to "
+                f"train. Received: {len(packed)} codes"
+            )
+        quantizer = faiss.IndexBinaryFlat(d)
+        engine = faiss.IndexBinaryIVF(quantizer, d, p["nlist"])
+        engine.own_fields = True
+        quantizer.this.disown()
+        engine.train(packed)
+        return engine
+
+    def _apply_search_params(self):
+        p = self.params
+        if self.method == "mih":
+            self._engine.nflip = p["nflip"]
+        elif self.method == "ivf":
+            self._engine.nprobe = p["nprobe"]
+        elif self.method == "hnsw":
+            self._engine.hnsw.efSearch = p["ef_search"]
+
+    def _build_engine(self, codes):
+        packed = np.packbits(codes > 0.5, axis=1)
+        with _faiss_threads(self.num_threads):
+            engine = self._new_engine(packed)
+            engine.add(packed)
+        self._engine = engine
+        self._apply_search_params()
+        self._float_codes = (
+            codes.astype(np.float32) if self.rerank else None
+        )
+
+    def _add_engine(self, codes):
+        with _faiss_threads(self.num_threads):
+            self._engine.add(np.packbits(codes > 0.5, axis=1))
+        if self.rerank:
+            self._float_codes = np.concatenate(
+                [self._float_codes, codes.astype(np.float32)]
+            )
+
+    def _hamming_search(self, packed, k):
+        """Returns (rows int64 [Q, k'], Hamming int32 [Q, k']), k' <= k."""
+        k = min(k, self._engine.ntotal)
+        if k == 0 or len(packed) == 0:
+            return (
+                np.empty((len(packed), 0), np.int64),
+                np.empty((len(packed), 0), np.int32),
+            )
+        params = None
+        if self.method == "hnsw":
+            params = faiss.SearchParametersHNSW()
+            params.efSearch = max(self.params["ef_search"], k)
+        elif self.method == "ivf":
+            params = faiss.SearchParametersIVF()
+            params.nprobe = self.params["nprobe"]
+        with _faiss_threads(self.num_threads):
+            distances, rows = self._engine.search(packed, k, params=params)
+            if self.method == "mih" and self.params["exact"]:
+                self._certify_mih(packed, rows, distances, k)
+        return rows, distances
+
+    def _certify_mih(self, packed, rows, distances, k):
+        """Re-searches with the flat storage the rows MIH cannot certify."""
+        radius = self.params["nhash"] * (self.params["nflip"] + 1) - 1
+        last = distances[:, k - 1]
+        certified = last <= radius
+        if k == self._engine.ntotal:
+            certified |= last != HAMMING_PAD
+        redo = np.flatnonzero(~certified)
+        if len(redo):
+            storage = faiss.downcast_IndexBinary(self._engine.storage)
+            redo_distances, redo_rows = storage.search(packed[redo], k)
+            distances[redo], rows[redo] = redo_distances, redo_rows
+
+    def _search_rows(self, queries, k):
+        packed = np.packbits(queries > 0.5, axis=1)
+        if not self.rerank:
+            rows, distances = self._hamming_search(packed, k)
+            return _pad_columns(rows, distances, k, HAMMING_PAD)
+        shortlist = max(k, self.rerank_candidates or 4 * k)
+        rows, _ = self._hamming_search(packed, shortlist)
+        rows, distances = self._rerank_l1(
+            queries.astype(np.float32), rows, k
+        )
+        return _pad_columns(rows, distances, k, np.inf)
+
+    def _rerank_l1(self, queries, rows, k):
+        """Re-orders shortlist `rows` [Q, C] by float L1; returns top k."""
+        num_queries, shortlist = rows.shape
+        k = min(k, shortlist)
+        row_bytes = max(1, 4 * shortlist * self.code_bits)
+        chunk = max(1, _RERANK_CHUNK_BYTES // row_bytes)
+        out_rows = np.empty((num_queries, k), np.int64)
+        out_distances = np.empty((num_queries, k), np.float32)
+        for start in range(0, num_queries, chunk):
+            part = slice(start, start + chunk)
+            block = rows[part]
+            candidates = self._float_codes[np.where(block < 0, 0, block)]
+            l1 = np.abs(candidates - queries[part, None, :]).sum(
+                axis=2, dtype=np.float32
+            )
+            l1[block < 0] = np.inf
+            order = np.argsort(l1, axis=1, kind="stable")[:, :k]
+            out_rows[part] = np.take_along_axis(block, order, 1)
+            out_distances[part] = np.take_along_axis(l1, order, 1)
+        return out_rows, out_distances
+
+    def _write_engine(self, data_dir):
+        path = os.path.join(data_dir, "faiss.index")
+        faiss.write_index_binary(self._engine, path)
+        if self.rerank:
+            path = os.path.join(data_dir, "float_codes.npy")
+            np.save(path, self._float_codes)
+
+    def _read_engine(self, data_dir, manifest):
+        path = os.path.join(data_dir, "faiss.index")
+        engine = faiss.read_index_binary(path)
+        if engine.ntotal != manifest["count"] or engine.d != self.code_bits:
+            raise IndexFormatError(
+                f"{path} holds {engine.ntotal} "
+                f"codes of {engine.d} bits; the manifest says "
+                f"{manifest['count']} of {self.code_bits}"
+            )
+        self._engine = engine
+        self._apply_search_params()
+        if self.rerank:
+            self._float_codes = np.load(
+                os.path.join(data_dir, "float_codes.npy"), allow_pickle=False
+            )

@@ -1,0 +1,446 @@
+"""Distribution, precision, optimisers and the SHREWD compile step.
+
+The order matters and is kept here in one place:
+
+1. `set_precision_policy` before any layer is built (mixed_float16 on GPU,
+   float32 on CPU by default: on CPUs float16 without XLA is ~38x slower);
+2. `make_strategy` for the devices (MirroredStrategy over all GPUs on one
+   host, MultiWorkerMirroredStrategy across hosts from TF_CONFIG);
+3. build and `compile_shrewd_model` inside `strategy.scope()`;
+4. batch with `per_replica_batch_size * strategy.num_replicas_in_sync`.
+
+The end-to-end `train(config)` lives in `shrewd_tf.training.trainer`.
+"""
+
+import functools
+
+import keras
+import tensorflow as tf
+
+from shrewd_tf.losses import keras_losses as losses_lib
+
+PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
+
+# The code appears twice among the model's outputs so that Keras can attach
+# the similarity loss and the KL loss to it separately (and log both).
+CODE_OUTPUT = "code"
+KL_OUTPUT = "code_kl"
+LOGITS_OUTPUT = "logits"
+EMBEDDING_OUTPUT = "embedding"
+
+
+# === Devices and strategies ===
+
+
+def configure_virtual_cpus(count):
+    """Splits the physical CPU into `count` logical devices.
+
+    Used to exercise MirroredStrategy without GPUs. Must run before
+    TensorFlow initialises its devices.
+
+    Raises:
+        RuntimeError: the runtime is already initialised with another count.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    try:
+        tf.config.set_logical_device_configuration(
+            cpu, [tf.config.LogicalDeviceConfiguration()] * count
+        )
+    except RuntimeError:
+        existing = len(tf.config.list_logical_devices("CPU"))
+        if existing != count:
+            raise RuntimeError(
+                f"TensorFlow is already initialised with {existing} logical "
+                f"CPUs; configure virtual CPUs before any TF op runs. "
+                f"Received: count={count}"
+            ) from None
+
+
+def make_strategy(name="auto"):
+    """Returns a tf.distribute strategy by name.
+
+    Args:
+        name: "auto" (MirroredStrategy when more than one GPU is visible,
+            else the default strategy), "default", "mirrored" (all GPUs; the
+            CPU when there are none), "multi_worker" (TF_CONFIG cluster),
+            or "virtual_cpus:<n>" (MirroredStrategy over n logical CPUs).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if name == "auto":
+        # Listing devices initialises the runtime: only here, so that
+        # "virtual_cpus:<n>" can still configure the CPU in a fresh process.
+        if len(tf.config.list_logical_devices("GPU")) > 1:
+            return tf.distribute.MirroredStrategy()
+        return tf.distribute.get_strategy()
+    if name == "default":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        return _mirrored_strategy(None)
+    if name == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if name.startswith("virtual_cpus:"):
+        count = int(name.split(":", 1)[1])
+        configure_virtual_cpus(count)
+        return _mirrored_strategy(tuple(f"/cpu:{i}" for i in range(count)))
+    raise ValueError(
+        "Unknown strategy; expected auto, default, mirrored, multi_worker "
+        f"or virtual_cpus:<n>. Received: strategy={name!r}"
+    )
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored_strategy(devices):
+    """One MirroredStrategy per device set and process.
+
+    Two strategies over the same devices restart their collective instance
+    keys, and TF's cached parameters of the first one's all-gathers then
+    clash with the second's (a "Shape mismatch in the collective instance"
+    error); reusing the strategy keeps the keys unique.
+    """
+    return tf.distribute.MirroredStrategy(
+        list(devices) if devices is not None else None
+    )
+
+
+def set_precision_policy(name="auto"):
+    """Sets Keras' global dtype policy; returns the policy name in force.
+
+    "auto" picks mixed_float16 when a GPU is visible and float32 otherwise.
+    """
+    if name == "auto":
+        gpus = tf.config.list_physical_devices("GPU")
+        name = "mixed_float16" if gpus else "float32"
+    if name not in PRECISION_POLICIES:
+        raise ValueError(
+            f"Unknown precision policy; expected auto or one of "
+            f"{PRECISION_POLICIES}. Received: precision={name!r}"
+        )
+    keras.mixed_precision.set_global_policy(name)
+    return name
+
+
+# === Optimiser ===
+
+
+def make_optimizer(train_config, num_replicas=1, steps_per_epoch=1):
+    """The paper's optimisers.
+
+    "adam": Adam at `learning_rate` with decoupled weight decay (the CIFAR
+    setting: 5e-4, 1e-4). "sgd": SGD with Nesterov momentum at
+    `learning_rate * num_replicas` (the ImageNet setting: 0.05 per GPU).
+    Either decays the rate by `lr_decay_factor` every `lr_decay_epochs`.
+    """
+    rate = train_config.learning_rate
+    if train_config.optimizer == "sgd":
+        rate = rate * num_replicas
+    if train_config.lr_decay_epochs:
+        step = train_config.lr_decay_epochs * steps_per_epoch
+        # Keras keeps values[i] while step <= boundaries[i]: the decayed
+        # rate starts at the first step of epoch lr_decay_epochs.
+        boundaries = [step * i - 1 for i in range(1, 20)]
+        values = [rate * train_config.lr_decay_factor**i for i in range(20)]
+        rate = keras.optimizers.schedules.PiecewiseConstantDecay(
+            boundaries, values
+        )
+    decay = train_config.weight_decay or None
+    if train_config.optimizer == "adam":
+        if decay:
+            return keras.optimizers.AdamW(learning_rate=rate, weight_decay=decay)
+        return keras.optimizers.Adam(learning_rate=rate)
+    if train_config.optimizer == "sgd":
+        return keras.optimizers.SGD(
+            learning_rate=rate,
+            momentum=train_config.momentum,
+            nesterov=True,
+            weight_decay=decay,
+        )
+    raise ValueError(
+        "Unknown optimizer; expected adam or sgd. "
+        f"Received: optimizer={train_config.optimizer!r}"
+    )
+
+
+# === Losses of eq. 1 ===
+
+
+def loss_weights(loss_config, labelled=True):
+    """Weights of the active terms of eq. 1, by model output.
+
+    Eq. 1 literally, L = L_sim + lambda1 L_KL + lambda2 L_cls, for every
+    loss set: sim 1, KL lambda1 (`kl_weight`), CLASS/REG lambda2
+    (`class_weight`), and a term that is off is simply absent. So KL-CLASS
+    trains with lambda1 and lambda2, CLASS with lambda2, and REG with
+    lambda2: the ablation rows differ only in the terms they drop, with the
+    same weight per term and the same balance against the model's L2 and
+    the optimiser's weight decay. (Earlier versions rescaled the weights
+    without L_sim so the largest was 1; that made KL-CLASS and CLASS
+    effectively 100x less regularised than eq. 1 and is gone.) With
+    labelled data and CLASS off, the detached classification head is still
+    trained, with weight 1 (REG sets included): its gradient stops at the
+    code, so it changes no code and only gives the accuracy. Unlabelled
+    data has no classification head.
+
+    Args:
+        loss_config: `config.LossConfig`.
+        labelled: whether the data has class labels.
+
+    Raises:
+        ValueError: CLASS in the loss set with `labelled=False`.
+    """
+    terms = loss_config.terms
+    if "class" in terms and not labelled:
+        raise ValueError(
+            f"Loss set {loss_config.losses!r} includes CLASS, which needs "
+            "class labels, but the data is unlabelled (label -1, no class "
+            "names). Use a caption loss set: SIM, SIM-KL, SIM-KL-REG or REG. "
+            f"Received: losses={loss_config.losses!r}"
+        )
+    raw = {}
+    if "sim" in terms:
+        raw[CODE_OUTPUT] = 1.0
+    if "kl" in terms:
+        raw[KL_OUTPUT] = loss_config.kl_weight
+    if "class" in terms:
+        raw[LOGITS_OUTPUT] = loss_config.class_weight
+    if "reg" in terms:
+        raw[EMBEDDING_OUTPUT] = loss_config.class_weight
+    if "class" not in terms and labelled:
+        raw[LOGITS_OUTPUT] = 1.0  # the detached head
+    return raw
+
+
+def make_losses(loss_config, class_distances=None, seed=None, labelled=True,
+                steps_per_epoch=1):
+    """Keras losses keyed by model output (see `loss_weights`).
+
+    Args:
+        loss_config: `config.LossConfig`.
+        class_distances: [C, C] target distances for integer labels; None
+            when the similarity targets are caption embeddings (cosine
+            distance).
+        seed: seed of the KL target sampler.
+        labelled: whether the data has class labels (cross-entropy on
+            `logits` only then).
+        steps_per_epoch: converts `kl_warmup_epochs` into steps. With a
+            warm-up, the KL loss needs `set_step_counter` (done by
+            `compile_shrewd_model`).
+    """
+    terms = loss_config.terms
+    weights = loss_weights(loss_config, labelled)
+    losses = {}
+    if "sim" in terms:
+        losses[CODE_OUTPUT] = losses_lib.SimilarityMatchingLoss(
+            gamma=loss_config.gamma,
+            rho=loss_config.rho,
+            class_distances=class_distances,
+            target_metric="cosine",
+            cross_replica=loss_config.cross_replica,
+        )
+    if "kl" in terms:
+        losses[KL_OUTPUT] = losses_lib.EmpiricalKLLoss(
+            k=loss_config.kl_k,
+            target=loss_config.kl_target,
+            alpha=loss_config.kl_alpha,
+            seed=seed,
+            cross_replica=loss_config.cross_replica,
+            block_bits=loss_config.kl_block_bits,
+            scale=loss_config.kl_scale,
+            target_multiple=loss_config.kl_target_multiple,
+            warmup_steps=kl_warmup_steps(loss_config, steps_per_epoch),
+        )
+    if "reg" in terms:
+        losses[EMBEDDING_OUTPUT] = keras.losses.CosineSimilarity(
+            name="regression"
+        )
+    if LOGITS_OUTPUT in weights:
+        losses[LOGITS_OUTPUT] = keras.losses.SparseCategoricalCrossentropy(
+            from_logits=True, name="cross_entropy"
+        )
+    return losses
+
+
+def kl_warmup_steps(loss_config, steps_per_epoch):
+    """`kl_warmup_epochs` in optimiser steps (rounded, >= 1 when on).
+
+    Raises:
+        ValueError: a negative or non-finite `kl_warmup_epochs`.
+    """
+    epochs = loss_config.kl_warmup_epochs
+    if not (isinstance(epochs, (int, float)) and 0 <= epochs < float("inf")):
+        raise ValueError(
+            "`loss.kl_warmup_epochs` must be a finite number >= 0 (0: no "
+            f"warm-up). Received: kl_warmup_epochs={epochs!r}"
+        )
+    if epochs == 0:
+        return 0
+    return max(1, int(round(epochs * steps_per_epoch)))
+
+
+def with_kl_output(model):
+    """Wraps `model` so its code is also output as `code_kl`.
+
+    Keras attaches one loss per output; the similarity and KL losses both
+    act on the code, so the training model exposes it twice.
+    """
+    inputs = keras.Input(shape=model.input_shape[1:], name="image")
+    outputs = dict(model(inputs))
+    outputs[KL_OUTPUT] = keras.layers.Identity(name=KL_OUTPUT)(
+        outputs[CODE_OUTPUT]
+    )
+    return keras.Model(inputs, outputs, name=f"{model.name}_training")
+
+
+def compile_shrewd_model(model, config, class_distances, num_replicas=1,
+                         steps_per_epoch=1, labelled=True):
+    """Builds the training model and compiles it with eq. 1.
+
+    Call inside `strategy.scope()`. Returns the training model (the code
+    output appears twice, see `with_kl_output`); `model` itself is what
+    gets exported.
+
+    Args:
+        model: a ShrewdModel; it must have the outputs the losses need
+            (`logits` when labelled, `embedding` for REG).
+        config: `config.ExperimentConfig`.
+        class_distances: [C, C], or None for caption-embedding targets.
+        num_replicas, steps_per_epoch: for the optimiser's schedule.
+        labelled: whether the data has class labels.
+
+    Raises:
+        ValueError: a loss for an output the model lacks.
+    """
+    train_model = with_kl_output(model)
+    losses = make_losses(
+        config.loss, class_distances, seed=config.train.seed,
+        labelled=labelled, steps_per_epoch=steps_per_epoch,
+    )
+    missing = sorted(set(losses) - set(train_model.output))
+    if missing:
+        raise ValueError(
+            f"Loss set {config.loss.losses!r} needs model outputs "
+            f"{missing}. Received: outputs {sorted(train_model.output)}"
+        )
+    weights = loss_weights(config.loss, labelled)
+    jit = config.train.jit_compile
+    if isinstance(jit, str) and jit != "auto":
+        jit = jit.lower() in ("1", "true", "yes")
+    metrics = {}
+    if LOGITS_OUTPUT in train_model.output:
+        metrics[LOGITS_OUTPUT] = ["sparse_categorical_accuracy"]
+    optimizer = make_optimizer(config.train, num_replicas, steps_per_epoch)
+    if KL_OUTPUT in losses and losses[KL_OUTPUT].warmup_steps:
+        losses[KL_OUTPUT].set_step_counter(optimizer.iterations)
+    train_model.compile(
+        optimizer=optimizer,
+        loss=losses,
+        loss_weights={name: weights[name] for name in losses},
+        metrics=metrics,
+        jit_compile=jit,
+    )
+    return train_model
+
+
+def target_sources(output_names, caption_targets, labelled):
+    """Which target each output trains on: {output: "labels"|"embeddings"}.
+
+    The code (similarity loss) gets caption embeddings when
+    `caption_targets` (semantics="captions") and labels otherwise; the
+    regression output `embedding` gets embeddings; `logits` gets labels;
+    `code_kl` ignores its target and gets whichever exists.
+
+    Raises:
+        ValueError: an output that needs labels when `labelled` is False.
+    """
+    from shrewd_tf.data import pipelines as inputs  # pylint: disable=import-outside-toplevel
+
+    labels, embeddings = inputs.LABEL_TARGETS, inputs.EMBEDDING_TARGETS
+    sources = {}
+    for name in output_names:
+        if name == EMBEDDING_OUTPUT:
+            sources[name] = embeddings
+        elif name == KL_OUTPUT:
+            sources[name] = labels if labelled else embeddings
+        elif name == CODE_OUTPUT and caption_targets:
+            sources[name] = embeddings
+        else:
+            sources[name] = labels
+    needs_labels = sorted(n for n, s in sources.items() if s == labels)
+    if needs_labels and not labelled:
+        raise ValueError(
+            f"Outputs {needs_labels} train on class labels, but the data is "
+            "unlabelled. Received: caption_targets="
+            f"{caption_targets}, outputs {list(output_names)}"
+        )
+    return sources
+
+
+def targets_for(output_names, sources=None):
+    """Maps (images, targets) batches to (images, {output: target}).
+
+    Without `sources` every output gets the same targets (integer labels
+    [B]; outputs without a loss ignore them). With `sources` (from
+    `target_sources`), targets is a dict {"labels": int64 [B],
+    "embeddings": float32 [B, E]} and each output gets its entry.
+    """
+    names = tuple(output_names)
+    if sources is None:
+
+        def split(images, labels):
+            return images, {name: labels for name in names}
+
+        return split
+    missing = [name for name in names if name not in sources]
+    if missing:
+        raise ValueError(
+            f"No target source for outputs {missing}. Received: "
+            f"sources={sources}"
+        )
+
+    def pick(images, targets):
+        return images, {name: targets[sources[name]] for name in names}
+
+    return pick
+
+
+# === Batch-norm statistics ===
+
+
+def _sublayers(layer):
+    for sub in getattr(layer, "layers", ()):
+        yield sub
+        yield from _sublayers(sub)
+
+
+def recalibrate_batch_norm(model, dataset, steps=50):
+    """Precise BN: sets moving statistics from the final weights.
+
+    Runs `steps` batches of `dataset` ((images, ...) tuples) through the
+    model in training mode, with each BatchNormalization's momentum set so
+    that its moving mean/variance become the exact average of the batches'
+    statistics (momentum t/(t+1) at batch t). Weights are not changed. The
+    moving averages kept during training lag weights that change fast, which
+    can cost much accuracy at inference after short runs.
+
+    Returns:
+        the number of batch-norm layers recalibrated.
+    """
+    layers = [
+        layer
+        for layer in _sublayers(model)
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    try:
+        for step, batch in enumerate(dataset.take(steps)):
+            images = batch[0] if isinstance(batch, (tuple, list)) else batch
+            for layer in layers:
+                layer.momentum = step / (step + 1.0)
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta):
+            layer.momentum = momentum
+    return len(layers)

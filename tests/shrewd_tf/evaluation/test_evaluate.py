@@ -1,0 +1,350 @@
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from shrewd_tf.evaluation import evaluate as evaluation
+from shrewd_tf.evaluation import metrics
+from shrewd_tf.semantics import distances as semantics
+
+
+def one_hot_codes(labels, bits=8):
+    codes = np.zeros((len(labels), bits), np.float32)
+    codes[np.arange(len(labels)), labels] = 1.0
+    return codes
+
+
+def test_perfect_class_codes():
+    """Each class its own code: every ranking puts the class first.
+
+    With 3 classes of 5 images, k = 4 and the query excluded, the top 4 are
+    the 4 other images of its class: HP@i = 1 for i <= 4, so AHP@4 =
+    (4 - 1) / 4 and AP = 1, float and binary alike; accuracy of perfect
+    logits is 1, and there are 3 unique codes.
+    """
+    labels = np.repeat(np.arange(3), 5)
+    codes = one_hot_codes(labels)
+    similarity = np.array([[1, 0.5, 0], [0.5, 1, 0], [0, 0, 1]])
+    result = evaluation.retrieval_metrics(
+        codes, labels, similarity, k=4, logits=codes[:, :3]
+    )
+    assert result["mahp_float"] == pytest.approx(0.75)
+    assert result["mahp_binary"] == pytest.approx(0.75)
+    assert result["map_binary"] == pytest.approx(1.0)
+    assert result["map_float"] == pytest.approx(1.0)
+    assert result["accuracy"] == 1.0
+    assert result["unique_codes"] == 3
+    assert result["bit_balance"] == pytest.approx(1 / 8)
+    # Code statistics: every value is exactly 0 or 1; bits 0-2 are on for
+    # 5 of 15 codes (|1/3 - 1/2| = 1/6), bits 3-7 never (1/2): mean 3/8.
+    assert result["near_binary"] == 1.0
+    assert result["bit_balance_deviation"] == pytest.approx(3 / 8)
+    assert result["distinct_codes"] == 3
+    assert result["distinct_fraction"] == pytest.approx(3 / 15)
+    # Each code has 4 duplicates: every rho is 0 -> 1/2 (log2 = -1).
+    assert result["binary_entropy_bits"] == pytest.approx(
+        np.log2(15) - 1 - metrics.uniform_mean_log2_hamming(15, 8)
+    )
+
+
+def test_k_is_capped_by_the_database():
+    labels = np.repeat(np.arange(2), 3)
+    codes = one_hot_codes(labels)
+    result = evaluation.retrieval_metrics(codes, labels, np.eye(2), k=250)
+    # k becomes N - 1 = 5: 2 same-class items then 3 others of sim 0.
+    # HP@1..5 = 1, 1, 2/2, 2/2, 2/2 (the ideal also has only 2 with s=1).
+    assert result["mahp_float"] == pytest.approx(4 / 5)
+
+
+def test_markdown_table_shows_entropies_and_code_statistics():
+    row = {"binary_entropy_bits": 19.93, "binary_entropy": -51.3,
+           "near_binary": 0.9731, "bit_balance_deviation": 0.0123,
+           "distinct_codes": 4866.0, "unique_codes": 4866.0}
+    lines = evaluation.markdown_table({"SIM-KL": row}).splitlines()
+    assert lines[2] == (
+        "| model | binary entropy (bits; uniform = log2 N) | "
+        "KL entropy (nats) | near-binary | bit balance dev. | "
+        "distinct codes |"
+    )
+    assert lines[4] == (
+        "| SIM-KL | 19.9300 | -51.3000 | 97.3 % | 0.0123 | 4866 |"
+    )
+
+
+def test_bert_class_distances_above_one_give_zero_similarity():
+    """BERT cosine distances reach 2; mAHP counts those pairs as unrelated.
+
+    Classes 0, 1, 2 with cos(0, 1) = -1, cos(0, 2) = 0.6, cos(1, 2) = -0.6,
+    so s = max(0, cos) = [[1, 0, .6], [0, 1, 0], [.6, 0, 1]]. One image
+    per class, float codes at 0, 3 and 1 on a line (L1 distances 3, 1, 2),
+    k = 2. Query 0: item 2 (s .6) then item 1 (s 0); the ideal is the same
+    (.6, 0), HP@1 = HP@2 = 1, AHP@2 = (2 - 1) / 2 = 1/2. Query 1: both
+    neighbours have s = 0 and so has the ideal, AHP = 0. Query 2: item 0
+    (s .6) then item 1 (s 0): AHP = 1/2. mAHP = 1/3.
+    """
+    from tests.support import sources as helpers
+
+    embeddings = np.array([[1.0, 0.0], [-1.0, 0.0], [0.6, 0.8]])
+    distances = semantics.embedding_distance_matrix(embeddings, "cosine")
+    assert distances.max() > 1
+    data = dataclasses.replace(
+        helpers.make_data(train=4, test=3), test_labels=np.arange(3),
+        class_names=["x", "y", "z"], class_distances=distances,
+    )
+    codes = np.array([[0.0, 0.0], [3.0, 0.0], [1.0, 0.0]], np.float32)
+    result = evaluation.experiment_metrics(data, {"code": codes}, k=2)
+    assert result["mahp_float"] == pytest.approx(1 / 3)
+    assert np.isfinite(result["mahp_binary"])
+
+
+def test_zero_shot_flat_hits_hand_case():
+    # Class 2 is unseen; distances are L1.
+    codes = np.array(
+        [[0.0, 0.0], [0.0, 0.1], [5.0, 5.0], [0.0, 0.3], [5.0, 5.2], [5.0, 5.5]],
+        np.float32,
+    )
+    labels = np.array([0, 0, 1, 2, 2, 1])
+    hits = evaluation.zero_shot_flat_hits(
+        codes, labels, [2], ks=(1, 2, 3), database="all"
+    )
+    # Query 3 [0, .3]: item 1 (class 0) at .2, item 0 (0) at .3, item 2 (1)
+    #   at 9.7, item 4 (2) at 9.9 -> labels [0, 1, 2]: hit only at 3.
+    # Query 4 [5, 5.2]: item 2 (1) at .2, item 5 (1) at .3, item 3 (2) at
+    #   9.9 -> labels [1, 2, 0]: hit at 2.
+    assert hits == {1: 0.0, 2: 0.5, 3: 1.0}
+    # The paper's protocol: the database is items 3 and 4 only, each the
+    # other's one neighbour, of the query's class.
+    assert evaluation.zero_shot_flat_hits(
+        codes, labels, [2], ks=(1, 2, 3)
+    ) == {1: 1.0, 2: 1.0, 3: 1.0}
+    with pytest.raises(ValueError, match="unseen_classes=\\(7,\\)"):
+        evaluation.zero_shot_flat_hits(codes, labels, [7])
+    with pytest.raises(ValueError, match="database='seen'"):
+        evaluation.zero_shot_flat_hits(codes, labels, [2], database="seen")
+
+
+def test_zero_shot_flat_hits_both_protocols_two_unseen_classes():
+    """Classes 1 and 2 unseen; codes on a line (L1 = |x - x'|).
+
+    item:  0    1    2    3    4    5    6
+    class: 0    1    2    1    2    0    1
+    code:  0.0  1.0  1.2  5.0  5.5  1.1  5.2
+
+    database="unseen" (items 1, 2, 3, 4, 6):
+      q1 (1.0): 2 (c2, .2), 3 (c1, 4) -> [2, 1]: rank 2
+      q2 (1.2): 1 (c1, .2), 3, 6, 4 (c2, 4.3) -> [1, 2]: rank 2
+      q3 (5.0): 6 (c1, .2) -> rank 1
+      q4 (5.5): 6 (c1, .3), 3 (c1, .5), 2 (c2, 4.3) -> [1, 2]: rank 2
+      q6 (5.2): 3 (c1, .2) -> rank 1
+      hit@1 = 2/5, hit@2 = 1.
+    database="all" (the seen items 0 and 5 too):
+      q1: 5 (c0, .1), 2 (c2, .2), 0 (c0, 1.0), 3 (c1, 4) -> [0, 2, 1]: 3
+      q2: 5 (c0, .1), 1 (c1, .2), 0 (c0, 1.2), ..., 4 (c2) -> [0, 1, 2]: 3
+      q3: rank 1; q4: 6, 3 (c1), 2 (c2, 4.3), 5 (c0, 4.4) -> rank 2;
+      q6: rank 1. hit@1 = 2/5, hit@2 = 3/5, hit@3 = 1.
+    """
+    line = np.array([0.0, 1.0, 1.2, 5.0, 5.5, 1.1, 5.2], np.float32)
+    codes = np.stack([line, np.zeros_like(line)], axis=1)
+    labels = np.array([0, 1, 2, 1, 2, 0, 1])
+    unseen = evaluation.zero_shot_flat_hits(codes, labels, [1, 2], ks=(1, 2, 3))
+    assert unseen == pytest.approx({1: 2 / 5, 2: 1.0, 3: 1.0})
+    every = evaluation.zero_shot_flat_hits(
+        codes, labels, [1, 2], ks=(1, 2, 3), database="all"
+    )
+    assert every == pytest.approx({1: 2 / 5, 2: 3 / 5, 3: 1.0})
+    # The paper's K by default.
+    assert tuple(evaluation.zero_shot_flat_hits(codes, labels, [1, 2])) == (
+        1, 2, 5, 10, 20
+    )
+
+
+def test_write_metrics_json_and_markdown(tmp_path):
+    rows = {
+        "SIM-KL": {"mahp_float": 0.5, "mahp_binary": 0.25, "accuracy": 0.5},
+        "CLASS": {"mahp_float": 0.75, "wall_seconds": 12.3},
+    }
+    markdown = evaluation.write_metrics(rows, tmp_path)
+    assert json.loads((tmp_path / "metrics.json").read_text()) == rows
+    assert (tmp_path / "metrics.md").read_text() == markdown
+    lines = markdown.splitlines()
+    assert lines[2] == (
+        "| model | mAHP@250 float | mAHP@250 bin | accuracy | train wall (s) |"
+    )
+    assert lines[4] == "| SIM-KL | 0.5000 | 0.2500 | 50.00 % | – |"
+    assert lines[5] == "| CLASS | 0.7500 | – | – | 12 |"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "metrics.json", "metrics.md"
+    ]
+
+
+# === Caption supervision ===
+
+
+def slow_tau_b(x, y):
+    """Kendall tau-b from its definition: pairs counted one by one."""
+    concordant = discordant = ties_x = ties_y = 0
+    n = len(x)
+    for a in range(n):
+        for b in range(a + 1, n):
+            dx, dy = x[a] - x[b], y[a] - y[b]
+            if dx == 0 and dy == 0:
+                ties_x += 1
+                ties_y += 1
+            elif dx == 0:
+                ties_x += 1
+            elif dy == 0:
+                ties_y += 1
+            elif dx * dy > 0:
+                concordant += 1
+            else:
+                discordant += 1
+    pairs = n * (n - 1) / 2
+    return (concordant - discordant) / np.sqrt(
+        (pairs - ties_x) * (pairs - ties_y)
+    )
+
+
+def slow_per_query_tau(codes, embeddings, binary):
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    taus = []
+    for i in range(len(codes)):
+        others = [j for j in range(len(codes)) if j != i]
+        if binary:
+            bits = codes > 0.5
+            x = [int(np.sum(bits[i] != bits[j])) for j in others]
+        else:
+            x = [float(np.sum(np.abs(codes[i] - codes[j]))) for j in others]
+        y = [1.0 - float(unit[i] @ unit[j]) for j in others]
+        taus.append(slow_tau_b(x, y))
+    return np.asarray(taus)
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_kendall_tau_per_query_matches_a_slow_loop(binary):
+    rng = np.random.default_rng(5)
+    codes = rng.random((9, 6)).astype(np.float32)
+    embeddings = rng.normal(size=(9, 4))
+    taus = evaluation.kendall_tau_per_query(codes, embeddings, binary=binary)
+    np.testing.assert_allclose(
+        taus, slow_per_query_tau(codes, embeddings, binary), atol=1e-12
+    )
+    # Hamming distances of 6 bits tie a lot: tau-b's tie correction matters.
+    assert evaluation.mean_kendall_tau(
+        codes, embeddings, binary
+    ) == pytest.approx(np.mean(taus))
+
+
+def thermometer_case(levels=(0, 1, 3, 4, 6, 7, 9), width=10):
+    """Codes whose distances are the caption distances' ranking.
+
+    Item i has level t_i: its caption embedding is the unit vector at angle
+    0.15 t_i (all within 90 degrees, so 1 - cos grows with |t_i - t_j|) and
+    its code is t_i ones then zeros, whose L1 = Hamming distance is
+    |t_i - t_j|.
+    """
+    levels = np.asarray(levels)
+    angles = 0.15 * levels
+    embeddings = np.stack([np.cos(angles), np.sin(angles)], axis=1)
+    codes = (np.arange(width)[None, :] < levels[:, None]).astype(np.float32)
+    return codes, embeddings
+
+
+def test_codes_ranked_like_the_captions_give_tau_one_and_ideal_mahp():
+    codes, embeddings = thermometer_case()
+    for binary in (False, True):
+        taus = evaluation.kendall_tau_per_query(codes, embeddings, binary)
+        np.testing.assert_allclose(taus, 1.0)
+    k = 4
+    result = evaluation.caption_retrieval_metrics(codes, embeddings, k=k)
+    # Every ranking is an ideal one: AHP@k = (k - 1) / k.
+    assert result["mahp_caption_float"] == pytest.approx((k - 1) / k)
+    assert result["mahp_caption_binary"] == pytest.approx((k - 1) / k)
+    assert result["kendall_tau_float"] == pytest.approx(1.0)
+    assert result["kendall_tau_binary"] == pytest.approx(1.0)
+    # Codes of shuffled items no longer rank like the captions.
+    shuffled = codes[[3, 0, 6, 1, 5, 2, 4]]
+    assert evaluation.mean_kendall_tau(shuffled, embeddings) < 0.5
+
+
+def slow_caption_mahp(codes, embeddings, k):
+    """mAHP@k by its definition with s_ij = max(cos(e_i, e_j), 0)."""
+    unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+    total = 0.0
+    for i in range(len(codes)):
+        others = [j for j in range(len(codes)) if j != i]
+        distance = {j: np.sum(np.abs(codes[i] - codes[j])) for j in others}
+        ranked = sorted(others, key=lambda j: distance[j])
+        sims = {j: max(float(unit[i] @ unit[j]), 0.0) for j in others}
+        ideal = sorted(sims.values(), reverse=True)
+        hp = [
+            sum(sims[j] for j in ranked[:r]) / sum(ideal[:r])
+            for r in range(1, k + 1)
+        ]
+        total += (sum(hp) - (hp[0] + hp[-1]) / 2) / k
+    return total / len(codes)
+
+
+def test_caption_mahp_matches_a_slow_loop():
+    rng = np.random.default_rng(11)
+    codes = rng.random((12, 5)).astype(np.float32)  # distinct distances
+    embeddings = rng.normal(size=(12, 3))  # some cosines < 0: clipped
+    result = evaluation.caption_retrieval_metrics(codes, embeddings, k=5)
+    assert result["mahp_caption_float"] == pytest.approx(
+        slow_caption_mahp(codes.astype(np.float64), embeddings, 5), rel=1e-6
+    )  # float32 cosines
+
+
+def test_caption_similarity_matrix():
+    rng = np.random.default_rng(2)
+    embeddings = rng.normal(size=(7, 3))
+    similarity = evaluation.caption_similarity_matrix(embeddings, chunk_rows=3)
+    for i in range(7):
+        for j in range(7):
+            a, b = embeddings[i], embeddings[j]
+            cos = a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+            expected = 1.0 if i == j else min(max(cos, 0.0), 1.0)
+            assert similarity[i, j] == pytest.approx(expected, abs=1e-6)
+
+
+def test_kendall_tau_subsamples_queries_and_skips_undefined():
+    rng = np.random.default_rng(4)
+    codes = rng.random((10, 4)).astype(np.float32)
+    embeddings = rng.normal(size=(10, 3))
+    taus = evaluation.kendall_tau_per_query(codes, embeddings)
+    # 4 evenly spaced queries: 0, 3, 6, 9.
+    assert evaluation.mean_kendall_tau(
+        codes, embeddings, max_queries=4
+    ) == pytest.approx(taus[[0, 3, 6, 9]].mean())
+    # Identical codes: every code distance ties, tau-b is undefined.
+    same = np.ones((10, 4), np.float32)
+    assert np.isnan(evaluation.mean_kendall_tau(same, embeddings))
+    with pytest.raises(ValueError, match="embeddings.shape=\\(9, 3\\)"):
+        evaluation.kendall_tau_per_query(codes, embeddings[:9])
+
+
+def test_retrieval_metrics_with_what_the_data_has():
+    labels = np.repeat(np.arange(3), 4)
+    codes = one_hot_codes(labels)
+    embeddings = np.eye(3)[labels] + 0.1 * np.random.default_rng(0).normal(
+        size=(12, 3)
+    )
+    both = evaluation.retrieval_metrics(
+        codes, labels, np.eye(3), k=3, logits=codes[:, :3],
+        embeddings=embeddings,
+    )
+    for key in ("mahp_float", "map_binary", "accuracy", "mahp_caption_float",
+                "kendall_tau_binary", "binary_entropy"):
+        assert key in both, key
+    unlabelled = evaluation.retrieval_metrics(
+        codes, None, None, k=3, logits=codes[:, :3], embeddings=embeddings
+    )
+    assert "map_binary" not in unlabelled and "accuracy" not in unlabelled
+    assert unlabelled["mahp_caption_float"] == both["mahp_caption_float"]
+    no_similarity = evaluation.retrieval_metrics(codes, labels, None, k=3)
+    assert "mahp_float" not in no_similarity
+    assert no_similarity["map_float"] == pytest.approx(1.0)
+    # Class codes put same-caption-cluster items first: caption mAHP near 1.
+    assert both["mahp_caption_float"] > 0.5
+    markdown = evaluation.markdown_table({"m": both})
+    assert "caption mAHP@250 float" in markdown and "Kendall tau bin" in markdown

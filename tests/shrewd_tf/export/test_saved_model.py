@@ -1,0 +1,464 @@
+"""Tests for the TF-Serving SavedModel export (`shrewd_tf.export.saved_model`)."""
+
+import json
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from google.protobuf import text_format
+from tensorflow_serving.apis import prediction_log_pb2
+from tensorflow_serving.config import model_server_config_pb2
+
+from shrewd_tf import config as config_lib
+from shrewd_tf.export import saved_model as export
+from shrewd_tf.training import trainer
+
+IMAGE_SHAPE = (12, 12, 3)
+MEAN = [101.0, 117.0, 96.0]
+STD = [61.0, 55.0, 70.0]
+
+
+def make_run_dir(run_dir, image_shape=IMAGE_SHAPE, code_bits=16, mean=MEAN,
+                 std=STD):
+    """A finished-run directory: config.json, preprocessing.json, model.keras.
+
+    The code head is centred at 0.5 (a linear head's bias is set to 0.5), so
+    a random-weight model puts codes on both sides of the bit threshold.
+
+    Returns:
+        (model, mean float32 [C], std float32 [C]).
+    """
+    os.makedirs(run_dir, exist_ok=True)
+    config = config_lib.ExperimentConfig(name="tiny").with_overrides(
+        {"model.encoder": "cifar_resnet:8:4", "model.code_bits": code_bits}
+    )
+    keras.utils.set_random_seed(0)
+    model = trainer.build_model(config, 4, image_shape)
+    if config.model.code_activation == "linear":
+        # A bounded head is centred at 0.5 already.
+        code_layer = model.get_layer("code")
+        code_layer.bias.assign(np.full(code_bits, 0.5, np.float32))
+    config.save_json(os.path.join(run_dir, "config.json"))
+    with open(os.path.join(run_dir, "preprocessing.json"), "w") as f:
+        json.dump(
+            {"image_shape": list(image_shape), "mean": mean, "std": std}, f
+        )
+    model.save(os.path.join(run_dir, "model.keras"))
+    return model, np.float32(mean), np.float32(std)
+
+
+def keras_codes(model, pixels, mean, std):
+    """Reference: numpy standardisation of uint8/float pixels, Keras call."""
+    standardised = (np.asarray(pixels, np.float32) - mean) / std
+    return model(standardised, training=False)["code"].numpy()
+
+
+def random_images(count, shape=IMAGE_SHAPE, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 256, (count, *shape)).astype(np.uint8)
+
+
+def png(image):
+    return tf.io.encode_png(image).numpy()
+
+
+def save_text_op_saved_model(path):
+    """A SavedModel using a TF Text op (CaseFoldUTF8), not core TF."""
+    import tensorflow_text
+
+    module = tf.Module()
+    module.fold = tf.function(
+        tensorflow_text.case_fold_utf8,
+        input_signature=[tf.TensorSpec([None], tf.string)],
+    )
+    tf.saved_model.save(module, path)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("run")
+    model, mean, std = make_run_dir(run_dir)
+    return run_dir, model, mean, std
+
+
+@pytest.fixture(scope="module")
+def exported(run, tmp_path_factory):
+    run_dir = run[0]
+    root = tmp_path_factory.mktemp("exports")
+    path = export.export_saved_model(run_dir, root, "shrewd")
+    return root, path, tf.saved_model.load(path)
+
+
+# === Layout and signatures ===
+
+
+def test_export_layout_and_run_files(run, exported):
+    run_dir = run[0]
+    root, path, _ = exported
+    assert path == os.path.join(root, "shrewd", "1")
+    assert sorted(os.listdir(os.path.join(root, "shrewd"))) == ["1"]
+    for name in ("saved_model.pb", "variables"):
+        assert os.path.exists(os.path.join(path, name)), name
+    extra = os.path.join(path, "assets.extra")
+    assert sorted(os.listdir(extra)) == [
+        "config.json", "preprocessing.json", "tf_serving_warmup_requests",
+    ]
+    for name in ("config.json", "preprocessing.json"):
+        with open(os.path.join(extra, name)) as copy:
+            with open(os.path.join(run_dir, name)) as original:
+                assert json.load(copy) == json.load(original), name
+
+
+def test_signatures_names_dtypes_shapes(exported):
+    signatures = exported[2].signatures
+    assert set(signatures) == {
+        "serving_default", "encode_images", "encode_pixels",
+    }
+    inputs = {
+        name: signatures[name].structured_input_signature[1]
+        for name in signatures
+    }
+    assert inputs["serving_default"] == {
+        "images": tf.TensorSpec([None], tf.string, name="images")
+    }
+    assert inputs["encode_pixels"] == {
+        "pixels": tf.TensorSpec([None, None, None, 3], tf.float32,
+                                name="pixels")
+    }
+    for name in signatures:
+        outputs = signatures[name].structured_outputs
+        assert sorted(outputs) == ["bits", "code"]
+        assert outputs["code"].dtype == tf.float32
+        assert outputs["code"].shape.as_list() == [None, 16]
+        assert outputs["bits"].dtype == tf.uint8
+        assert outputs["bits"].shape.as_list() == [None, 2]
+
+
+# === Numerics ===
+
+
+def test_png_codes_match_the_keras_model(run, exported):
+    _, model, mean, std = run
+    images = random_images(5)
+    served = exported[2].signatures["serving_default"](
+        images=tf.constant([png(image) for image in images])
+    )
+    expected = keras_codes(model, images, mean, std)
+    np.testing.assert_allclose(served["code"].numpy(), expected, atol=1e-5)
+    bits = served["bits"].numpy()
+    assert bits.dtype == np.uint8
+    np.testing.assert_array_equal(
+        bits, np.packbits(served["code"].numpy() > 0.5, axis=1)
+    )
+    ones = np.unpackbits(bits).mean()
+    assert 0.1 < ones < 0.9  # both sides of the threshold are exercised
+
+
+def test_pack_bits_is_msb_first():
+    code = np.zeros((2, 16), np.float32)
+    code[0, [0, 7, 8]] = 0.9  # byte 0: 1000_0001, byte 1: 1000_0000
+    code[0, 15] = 0.5  # exactly 0.5 is a 0 bit
+    code[1, [1, 2, 14]] = 0.51  # 0110_0000, 0000_0010
+    expected = np.array([[129, 128], [96, 2]], np.uint8)
+    np.testing.assert_array_equal(
+        export.pack_bits(tf.constant(code)).numpy(), expected
+    )
+
+
+def test_images_are_resized_to_the_model_input(run, exported):
+    # Bilinear 2x downsampling with half-pixel centres (the training
+    # resize) is the mean of each 2x2 block; nearest would pick one pixel.
+    # Decoded images are then rounded to whole pixels (half to even, like
+    # np.round); float pixels are not.
+    _, model, mean, std = run
+    large = random_images(3, shape=(24, 24, 3), seed=1)
+    blocks = large.astype(np.float64).reshape(3, 12, 2, 12, 2, 3)
+    block_means = blocks.mean(axis=(2, 4))
+    assert np.any(block_means != np.round(block_means))
+    signatures = exported[2].signatures
+    served = signatures["serving_default"](
+        images=tf.constant([png(image) for image in large])
+    )
+    np.testing.assert_allclose(
+        served["code"].numpy(),
+        keras_codes(model, np.round(block_means), mean, std),
+        atol=1e-5,
+    )
+    pixels = signatures["encode_pixels"](pixels=tf.constant(large, tf.float32))
+    np.testing.assert_allclose(
+        pixels["code"].numpy(),
+        keras_codes(model, block_means, mean, std),
+        atol=1e-5,
+    )
+
+
+def test_jpeg_images_decode(run, exported):
+    _, model, mean, std = run
+    images = random_images(2, seed=2)
+    jpegs = [tf.io.encode_jpeg(image, quality=90).numpy() for image in images]
+    decoded = np.stack([tf.io.decode_jpeg(j, channels=3) for j in jpegs])
+    served = exported[2].signatures["serving_default"](
+        images=tf.constant(jpegs)
+    )
+    np.testing.assert_allclose(
+        served["code"].numpy(),
+        keras_codes(model, decoded, mean, std),
+        atol=1e-5,
+    )
+
+
+def test_grayscale_png_is_converted_to_the_model_channels(run, exported):
+    _, model, mean, std = run
+    gray = random_images(1, shape=(12, 12, 1), seed=3)
+    served = exported[2].signatures["serving_default"](
+        images=tf.constant([png(gray[0])])
+    )
+    rgb = np.repeat(gray, 3, axis=-1)
+    np.testing.assert_allclose(
+        served["code"].numpy(), keras_codes(model, rgb, mean, std), atol=1e-5
+    )
+
+
+def test_undecodable_bytes_are_an_invalid_argument(exported):
+    with pytest.raises(tf.errors.InvalidArgumentError):
+        exported[2].signatures["serving_default"](
+            images=tf.constant([b"not an image"])
+        )
+
+
+# === Ops ===
+
+
+def test_graph_has_only_core_tensorflow_ops(exported):
+    op_types = export.saved_model_op_types(exported[1])
+    assert {"DecodeImage", "ResizeBilinear", "Conv2D"} <= op_types
+    assert export.non_core_ops(op_types) == []
+    assert not [
+        op for op in op_types
+        if op.lower().startswith(("scann", "addons"))
+        or "utf8" in op.lower()
+        or "wordpiece" in op.lower()
+        or "sentencepiece" in op.lower()
+    ]
+
+
+def test_text_op_is_reported_as_non_core(tmp_path):
+    save_text_op_saved_model(str(tmp_path / "text"))
+    op_types = export.saved_model_op_types(str(tmp_path / "text"))
+    assert "CaseFoldUTF8" in op_types
+    assert export.non_core_ops(op_types) == ["CaseFoldUTF8"]
+
+
+# === Warm-up ===
+
+
+def test_warmup_requests_parse_and_run(run, exported):
+    _, model, mean, std = run
+    path = os.path.join(
+        exported[1], "assets.extra", "tf_serving_warmup_requests"
+    )
+    records = [
+        prediction_log_pb2.PredictionLog.FromString(record.numpy())
+        for record in tf.data.TFRecordDataset(path)
+    ]
+    assert len(records) == 1
+    request = records[0].predict_log.request
+    assert request.model_spec.name == "shrewd"
+    assert request.model_spec.signature_name == "serving_default"
+    images = tf.make_ndarray(request.inputs["images"])
+    assert images.shape == (1,)
+    served = exported[2].signatures[request.model_spec.signature_name](
+        images=tf.constant(images)
+    )
+    pixels = tf.io.decode_png(images[0]).numpy()
+    assert pixels.shape == IMAGE_SHAPE
+    np.testing.assert_allclose(
+        served["code"].numpy(),
+        keras_codes(model, pixels[None], mean, std),
+        atol=1e-5,
+    )
+
+
+def test_warmup_request_runs_in_a_session_like_tf_serving(exported):
+    # TF Serving loads a SavedModelBundle into a Session and feeds the
+    # SignatureDef's tensor names; do the same with the warm-up request.
+    path = exported[1]
+    warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
+    record = next(iter(tf.data.TFRecordDataset(warmup))).numpy()
+    request = prediction_log_pb2.PredictionLog.FromString(record)
+    request = request.predict_log.request
+    loaded = exported[2].signatures["serving_default"](
+        images=tf.constant(tf.make_ndarray(request.inputs["images"]))
+    )
+    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
+        meta_graph = tf.compat.v1.saved_model.loader.load(
+            session, ["serve"], path
+        )
+        signature = meta_graph.signature_def[request.model_spec.signature_name]
+        assert signature.method_name == "tensorflow/serving/predict"
+        feed = {
+            signature.inputs[name].name: tf.make_ndarray(tensor)
+            for name, tensor in request.inputs.items()
+        }
+        fetches = {
+            name: info.name for name, info in signature.outputs.items()
+        }
+        outputs = session.run(fetches, feed)
+    np.testing.assert_allclose(outputs["code"], loaded["code"], atol=1e-6)
+    np.testing.assert_array_equal(outputs["bits"], loaded["bits"])
+
+
+# === Versions and atomicity ===
+
+
+def test_next_version_skips_files_and_staging_dirs(tmp_path):
+    assert export.next_version(str(tmp_path / "missing")) == 1
+    for name in ("2", "10", ".tmp-export-abc", "latest"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "11").write_text("a file, not a version")
+    assert export.existing_versions(str(tmp_path)) == [2, 10]
+    assert export.next_version(str(tmp_path)) == 11
+
+
+class _TinyArchive:
+    """Stands in for keras.export.ExportArchive: an empty SavedModel, fast."""
+
+    def track(self, resource):
+        pass
+
+    def add_endpoint(self, name, fn, input_signature=None):
+        pass
+
+    def write_out(self, path, verbose=True):
+        tf.saved_model.save(tf.Module(), path)
+
+
+class _CrashingArchive(_TinyArchive):
+    """Writes part of a SavedModel, then fails (a crash mid-export)."""
+
+    def write_out(self, path, verbose=True):
+        with open(os.path.join(path, "saved_model.pb"), "wb") as f:
+            f.write(b"partial")
+        raise RuntimeError("disk full")
+
+
+class _TextOpArchive(_TinyArchive):
+    """Writes a complete SavedModel that uses a TF Text op."""
+
+    def write_out(self, path, verbose=True):
+        save_text_op_saved_model(path)
+
+
+def test_versions_increment_and_are_never_overwritten(
+    run, tmp_path, monkeypatch
+):
+    monkeypatch.setattr(keras.export, "ExportArchive", _TinyArchive)
+    preprocessing = {"image_shape": IMAGE_SHAPE, "mean": MEAN, "std": STD}
+
+    def export_version(version=None):
+        path = export.export_saved_model(
+            run[1], tmp_path, "shrewd", version, preprocessing=preprocessing
+        )
+        return os.path.relpath(path, tmp_path)
+
+    assert export_version() == os.path.join("shrewd", "1")
+    assert export_version() == os.path.join("shrewd", "2")
+    assert export_version(7) == os.path.join("shrewd", "7")
+    assert export_version() == os.path.join("shrewd", "8")
+    with pytest.raises(FileExistsError, match="version=2"):
+        export_version(2)
+    with pytest.raises(ValueError, match="version=-1"):
+        export_version(-1)
+    assert sorted(os.listdir(tmp_path / "shrewd")) == ["1", "2", "7", "8"]
+
+
+@pytest.mark.parametrize(
+    "archive, error",
+    [(_CrashingArchive, RuntimeError), (_TextOpArchive, ValueError)],
+)
+def test_failed_export_leaves_no_version_dir(
+    run, tmp_path, monkeypatch, archive, error
+):
+    monkeypatch.setattr(keras.export, "ExportArchive", archive)
+    with pytest.raises(error, match="disk full|CaseFoldUTF8"):
+        export.export_saved_model(run[0], tmp_path, "shrewd")
+    assert os.listdir(tmp_path / "shrewd") == []
+
+
+# === Validation ===
+
+
+def test_code_bits_must_be_a_multiple_of_8(tmp_path):
+    make_run_dir(tmp_path / "run12", code_bits=12)
+    with pytest.raises(ValueError, match="code_bits=12"):
+        export.export_saved_model(tmp_path / "run12", tmp_path / "e", "m")
+    assert not (tmp_path / "e").exists()
+
+
+def test_preprocessing_must_fit_the_model(run, tmp_path):
+    preprocessing = {"image_shape": [16, 16, 3], "mean": MEAN, "std": STD}
+    with pytest.raises(ValueError, match=r"image_shape=\(16, 16, 3\)"):
+        export.export_saved_model(
+            run[1], tmp_path, "m", preprocessing=preprocessing
+        )
+    with pytest.raises(ValueError, match="std="):
+        export.ImagePreprocessing((12, 12, 3), MEAN, [1.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="mean="):
+        export.ImagePreprocessing((12, 12, 3), [1.0, 2.0], STD)
+    with pytest.raises(ValueError, match="preprocessing=None"):
+        export.export_saved_model(run[1], tmp_path, "m")
+
+
+def test_missing_run_files_are_named(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match="preprocessing.json"):
+        export.export_saved_model(tmp_path, tmp_path / "e", "m")
+
+
+@pytest.mark.parametrize("name", ["", "../up", "a/b", ".hidden"])
+def test_model_name_is_validated(tmp_path, name):
+    with pytest.raises(ValueError, match="model_name="):
+        export.export_saved_model(tmp_path, tmp_path / "e", name)
+
+
+# === TF Serving configuration ===
+
+
+def test_models_config_parses_back(exported, tmp_path):
+    root = exported[0]
+    path = str(tmp_path / "models.config")
+    command = export.write_model_server_config(root, ["shrewd"], path)
+    with open(path) as f:
+        parsed = text_format.Parse(
+            f.read(), model_server_config_pb2.ModelServerConfig()
+        )
+    [entry] = parsed.model_config_list.config
+    assert entry.name == "shrewd"
+    assert entry.base_path == os.path.join(os.path.abspath(root), "shrewd")
+    assert entry.model_platform == "tensorflow"
+    assert command.split() == [
+        "tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
+        f"--model_config_file={path}",
+    ]
+
+
+def test_models_config_for_a_container_root(exported):
+    root = exported[0]
+    command = export.write_model_server_config(
+        root, ["shrewd"], serving_root="/models"
+    )
+    assert command.endswith("--model_config_file=/models/models.config")
+    with open(os.path.join(root, "models.config")) as f:
+        parsed = text_format.Parse(
+            f.read(), model_server_config_pb2.ModelServerConfig()
+        )
+    assert parsed.model_config_list.config[0].base_path == "/models/shrewd"
+
+
+def test_models_config_needs_exported_models(exported):
+    with pytest.raises(FileNotFoundError, match="missing"):
+        export.write_model_server_config(exported[0], ["missing"])
+    with pytest.raises(ValueError, match="model_names="):
+        export.write_model_server_config(exported[0], ["shrewd", "shrewd"])

@@ -1,0 +1,183 @@
+"""index_builder: indexes from codes, the codes files, the CLI function."""
+
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import builder as index_builder
+
+CODE_BITS = 16
+
+
+def _codes(num, seed):
+    """Float codes in [0, 1] with few distinct bit patterns (many ties)."""
+    rng = np.random.default_rng(seed)
+    centres = rng.integers(0, 2, (6, CODE_BITS))
+    bits = centres[rng.integers(0, 6, num)]
+    bits ^= (rng.random((num, CODE_BITS)) < 0.1).astype(bits.dtype)
+    margin = rng.uniform(0.0, 0.45, (num, CODE_BITS))
+    return np.where(bits == 1, 1 - margin, margin).astype(np.float32)
+
+
+def _metadata(ids):
+    return {
+        "label": [i % 3 for i in range(len(ids))],
+        "label_name": [f"class_{i % 3}" for i in range(len(ids))],
+        "caption": [f"a picture of {key}" for key in ids],
+        "image_uri": [f"images/{key}.png" for key in ids],
+    }
+
+
+def _brute_force_hamming(queries, database):
+    return (
+        (queries[:, None, :] > 0.5) != (database[None] > 0.5)
+    ).sum(axis=2)
+
+
+def test_build_indexes_saves_searchable_indexes_with_metadata(tmp_path):
+    database, queries = _codes(150, seed=0), _codes(9, seed=1)
+    ids = np.asarray([f"db/{i:04d}" for i in range(150)])
+    metadata = _metadata(ids)
+    directories = index_builder.build_indexes(
+        database,
+        ids,
+        str(tmp_path),
+        metadata=metadata,
+        kinds="both",
+        rerank=False,
+        scann_params={"brute_force": True},
+    )
+    assert directories == {
+        "binary": str(tmp_path / "binary"),
+        "scann": str(tmp_path / "scann"),
+    }
+    binary = index_lib.load_index(directories["binary"])
+    found_ids, found = binary.search(queries, 20)
+    reference = _brute_force_hamming(queries, database)
+    # Tie-aware: the k smallest distances, each true for its id.
+    np.testing.assert_array_equal(found, np.sort(reference, 1)[:, :20])
+    rows = {key: row for row, key in enumerate(ids)}
+    for q, (row_ids, row_distances) in enumerate(zip(found_ids, found)):
+        true = [reference[q, rows[key]] for key in row_ids]
+        np.testing.assert_array_equal(row_distances, true)
+    first = binary.metadata(found_ids[:1, :1])[0][0]
+    row = rows[found_ids[0, 0]]
+    assert first == {name: values[row] for name, values in metadata.items()}
+
+    scann = index_lib.load_index(directories["scann"])
+    _, l2 = scann.search(queries, 20)
+    reference_l2 = ((queries[:, None] - database[None]) ** 2).sum(2)
+    np.testing.assert_allclose(
+        l2, np.sort(reference_l2, 1)[:, :20], rtol=1e-4, atol=1e-5
+    )
+
+
+def test_rerank_with_a_shortlist_of_everything_is_exact_l1(tmp_path):
+    database, queries = _codes(120, seed=2), _codes(5, seed=3)
+    ids = np.arange(120)
+    index_builder.build_indexes(
+        database,
+        ids,
+        str(tmp_path),
+        kinds=("binary",),
+        binary_params={"rerank_candidates": 120},
+    )
+    index = index_lib.load_index(str(tmp_path / "binary"))
+    assert index.rerank and index.method == "flat"
+    _, found = index.search(queries, 10)
+    l1 = np.abs(queries[:, None] - database[None]).sum(2)
+    np.testing.assert_allclose(found, np.sort(l1, 1)[:, :10], rtol=1e-5)
+    assert not os.path.exists(tmp_path / "scann")
+
+
+def test_build_indexes_rejects_bad_input_without_saving(tmp_path):
+    database = _codes(20, seed=4)
+    with pytest.raises(ValueError, match="kinds=\\('faiss',\\)"):
+        index_builder.build_indexes(database, np.arange(20), str(tmp_path),
+                                    kinds="faiss")
+    with pytest.raises(ValueError, match="len\\(ids\\)=19"):
+        index_builder.build_indexes(database, np.arange(19), str(tmp_path))
+    with pytest.raises(ValueError, match="codes.shape=\\(0, 16\\)"):
+        index_builder.build_indexes(database[:0], [], str(tmp_path))
+    # The binary index builds in memory, then ScaNN's fails: every index
+    # is built before the first save, so nothing is written.
+    with pytest.raises(ValueError, match="num_leaves=50"):
+        index_builder.build_indexes(
+            database, np.arange(20), str(tmp_path),
+            scann_params={"num_leaves": 50},
+        )
+    assert os.listdir(tmp_path) == []
+
+
+def test_codes_files_round_trip_sorted_by_id(tmp_path):
+    database = _codes(30, seed=5)
+    ids = [f"test/{i:03d}" for i in range(30)]
+    metadata = _metadata(ids)
+    order = np.random.default_rng(6).permutation(30)
+    for shard, part in enumerate(np.array_split(order, 3)):
+        path = tmp_path / f"codes-{shard:05d}-of-00003.tfrecord"
+        with tf.io.TFRecordWriter(str(path)) as writer:
+            for i in part:
+                row = {name: values[i] for name, values in metadata.items()}
+                writer.write(
+                    index_builder.code_example(ids[i], database[i], row)
+                )
+    read_ids, codes, read_metadata = index_builder.read_codes(str(tmp_path))
+    assert read_ids.tolist() == ids
+    np.testing.assert_array_equal(codes, database)
+    assert read_metadata == metadata
+
+    directories = index_builder.build_index_from_codes(
+        str(tmp_path), str(tmp_path / "out"), kinds="binary", rerank=False
+    )
+    index = index_lib.load_index(directories["binary"])
+    _, found = index.search(database[:3], 1)
+    np.testing.assert_array_equal(found[:, 0], 0)
+    assert index.metadata(["test/007"])[0]["caption"] == "a picture of test/007"
+
+
+def test_read_codes_rejects_missing_and_ragged_codes(tmp_path):
+    with pytest.raises(FileNotFoundError, match="No codes shards"):
+        index_builder.read_codes(str(tmp_path))
+    row = {"label": 0, "label_name": "", "caption": "", "image_uri": "x"}
+    path = tmp_path / "codes-00000-of-00001.tfrecord"
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        writer.write(index_builder.code_example("a", np.zeros(16), row))
+        writer.write(index_builder.code_example("b", np.zeros(8), row))
+    with pytest.raises(ValueError, match="16 values"):
+        index_builder.read_codes(str(tmp_path))
+
+
+def test_build_index_from_tfrecords_runs_the_job(tmp_path):
+    from tests.support import encoders as encoder_fixtures
+
+    model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "3"))
+    records = encoder_fixtures.make_records(24, seed=9)
+    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+        str(tmp_path / "tfrecords"), {"test": records}
+    )
+    result = index_builder.build_index_from_tfrecords(
+        tfrecord_dir,
+        str(tmp_path / "model"),
+        str(tmp_path / "index"),
+        kinds=("binary",),
+        rerank=False,
+        image_uri_prefix="/data/",
+    )
+    assert result.saved_model_dir == model and result.num_codes == 24
+    index = index_lib.load_index(result.index_dirs["binary"])
+    expected = encoder_fixtures.encode_directly(
+        model, [r.image for r in records]
+    )
+    _, found = index.search(expected, 5)
+    reference = _brute_force_hamming(expected, expected)
+    np.testing.assert_array_equal(found, np.sort(reference, 1)[:, :5])
+    assert index.metadata([records[4].id])[0] == {
+        "label": records[4].label,
+        "label_name": records[4].label_name,
+        "caption": records[4].caption,
+        "image_uri": "/data/" + records[4].id,
+    }
