@@ -47,7 +47,7 @@ def run_case(case, batch, repeats, device_memory):
     import numpy as np
     import tensorflow as tf
 
-    from shrewd_tf.losses import keras_losses as losses
+    from shrewd_tf import losses
     from shrewd_tf.ops import target_sampling
 
     def naive_similarity(codes, targets):

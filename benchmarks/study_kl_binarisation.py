@@ -113,7 +113,7 @@ def run_free(setting, seed, steps=800, bits=64, learning_rate=1e-2):
     """Minimises L_KL alone over free codes; returns final statistics."""
     import tensorflow as tf
 
-    from shrewd_tf.losses import keras_losses as losses
+    from shrewd_tf import losses
     from shrewd_tf.evaluation import metrics
 
     s = {**FREE_BASE, **setting}

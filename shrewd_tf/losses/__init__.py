@@ -1,5 +1,6 @@
-"""The SHREWD losses: eq. 2 (similarity matching) and eq. 4 (empirical KL)
-as Keras `Loss` classes (`keras_losses`) and as loss layers (`layers`).
+"""The SHREWD losses: eq. 2 (similarity matching, `similarity`) and eq. 4
+(empirical KL, `kl`) as Keras `Loss` classes, the all-gather behind
+`cross_replica=True` (`replicas`), and both as loss layers (`layers`).
 
     from shrewd_tf import losses
     losses.SimilarityMatchingLoss(class_distances=d)
@@ -7,14 +8,14 @@ as Keras `Loss` classes (`keras_losses`) and as loss layers (`layers`).
     losses.EmpiricalKLLayer(weight=0.01)
 """
 
-from shrewd_tf.losses.keras_losses import EmpiricalKLLoss
-from shrewd_tf.losses.keras_losses import SimilarityMatchingLoss
-from shrewd_tf.losses.keras_losses import gather_across_replicas
-from shrewd_tf.losses.keras_losses import similarity_matching_loss
-from shrewd_tf.losses.keras_losses import similarity_matching_per_example
-from shrewd_tf.losses.keras_losses import similarity_weights
+from shrewd_tf.losses.kl import EmpiricalKLLoss
 from shrewd_tf.losses.layers import EmpiricalKLLayer
 from shrewd_tf.losses.layers import SimilarityMatchingLayer
+from shrewd_tf.losses.replicas import gather_across_replicas
+from shrewd_tf.losses.similarity import SimilarityMatchingLoss
+from shrewd_tf.losses.similarity import similarity_matching_loss
+from shrewd_tf.losses.similarity import similarity_matching_per_example
+from shrewd_tf.losses.similarity import similarity_weights
 from shrewd_tf.ops.empirical_kl import KL_SCALES
 from shrewd_tf.ops.empirical_kl import empirical_kl_loss
 from shrewd_tf.ops.empirical_kl import empirical_kl_per_example

@@ -11,10 +11,11 @@ codes = SimilarityMatchingLayer(class_distances=distances)(codes, labels)
 codes = EmpiricalKLLayer(weight=0.01)(codes)
 ```
 
-Each layer holds an instance of the matching `shrewd_tf.losses.keras_losses` class,
-built from the layer's keyword arguments (everything that class's
-constructor names: `gamma`, `cross_replica`, `alpha`, `seed`, ...), so
-options added to the `Loss` classes reach the layers without editing them.
+Each layer holds an instance of the matching `Loss` class
+(`shrewd_tf.losses.similarity`, `shrewd_tf.losses.kl`), built from the
+layer's keyword arguments (everything that class's constructor names:
+`gamma`, `cross_replica`, `alpha`, `seed`, ...), so options added to the
+`Loss` classes reach the layers without editing them.
 The added value is the batch mean of that loss's per-example values, i.e.
 exactly the `Loss` object's value with Keras' default
 "sum_over_batch_size" reduction on one device, times `weight` (the lambda
@@ -53,7 +54,8 @@ import keras
 from keras import ops
 from keras.src.backend import in_stateless_scope
 
-from shrewd_tf.losses import keras_losses as losses
+from shrewd_tf.losses.kl import EmpiricalKLLoss
+from shrewd_tf.losses.similarity import SimilarityMatchingLoss
 
 # Constructor parameters of a `Loss` class that stay with the layer: the
 # layer has its own name and dtype policy and always takes the batch mean.
@@ -190,7 +192,8 @@ class SimilarityMatchingLayer(_LossLayer):
 
     Args:
         weight: multiplier of the added loss (lambda of eq. 1), >= 0.
-        **kwargs: the arguments of `shrewd_tf.losses.keras_losses.SimilarityMatchingLoss`
+        **kwargs: the arguments of
+            `shrewd_tf.losses.similarity.SimilarityMatchingLoss`
             (`gamma`, `rho`, `class_distances`, `target_metric`,
             `cross_replica`, ...) and of `keras.layers.Layer` (`name`,
             `dtype`, `trainable`).
@@ -203,7 +206,7 @@ class SimilarityMatchingLayer(_LossLayer):
         ```
     """
 
-    loss_class = losses.SimilarityMatchingLoss
+    loss_class = SimilarityMatchingLoss
 
     def call(self, codes, targets=None):
         if targets is None:
@@ -233,12 +236,12 @@ class EmpiricalKLLayer(_LossLayer):
 
     Args:
         weight: multiplier of the added loss (lambda of eq. 1), >= 0.
-        **kwargs: the arguments of `shrewd_tf.losses.keras_losses.EmpiricalKLLoss`
+        **kwargs: the arguments of `shrewd_tf.losses.kl.EmpiricalKLLoss`
             (`k`, `target`, `alpha`, `noise_std`, `min_distance`, `seed`,
             `cross_replica`, ...) and of `keras.layers.Layer`.
     """
 
-    loss_class = losses.EmpiricalKLLoss
+    loss_class = EmpiricalKLLoss
 
     def call(self, codes):
         self.add_loss(self._loss_value(None, codes))

@@ -3,9 +3,9 @@
 L_KL = mean_b [log nu_k(z_b; target) - log rho_k(z_b; codes)]: nu_k is the
 distance from code z_b to its k-th nearest neighbour in a sample of the
 target distribution, rho_k to its k-th nearest neighbour among the other
-codes of the batch. `shrewd_tf.losses.keras_losses.EmpiricalKLLoss` wraps it as a Keras
-loss; `shrewd_tf.ops.estimators` has the float64 NumPy estimators (with every
-constant) used for evaluation.
+codes of the batch. `shrewd_tf.losses.kl.EmpiricalKLLoss` wraps it as a
+Keras loss; `shrewd_tf.ops.estimators` has the float64 NumPy estimators
+(with every constant) used for evaluation.
 
 Blocks of bits (`block_bits`). With `block_bits=g` the d bits are split
 into d / g consecutive blocks and the estimate is made in each block's g
@@ -41,6 +41,7 @@ import tensorflow as tf
 from keras import ops
 
 from shrewd_tf.ops.pairwise import _check_codes
+from shrewd_tf.ops.validation import check_positive_int
 
 KL_SCALES = ("paper", "wkv")
 
@@ -96,19 +97,6 @@ def kth_neighbour_sq_distances(queries, points, k, exclude_self):
     chosen = tf.gather(candidates, order[:, :, rank - 1 :], batch_dims=2)
     nearest = tf.gather(points, chosen[:, :, 0], batch_dims=1)  # [G, Q, g]
     return ops.sum(ops.square(queries - nearest), axis=2)
-
-
-def check_positive_int(name, value):
-    """Returns `value` as an int, or raises ValueError naming `name`."""
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, (int, np.integer))
-        or value < 1
-    ):
-        raise ValueError(
-            f"`{name}` must be a positive integer. Received: {name}={value!r}"
-        )
-    return int(value)
 
 
 def check_block_bits(block_bits, bits=None):

@@ -1,7 +1,7 @@
 """k-nearest-neighbour entropy and KL divergence estimators (NumPy, float64).
 
 These are the evaluation-side counterparts of the training losses in
-`shrewd_tf.losses.keras_losses`: they keep every constant of the estimators, so their
+`shrewd_tf.losses`: they keep every constant of the estimators, so their
 values are in nats and comparable across sample sizes and dimensions.
 
 * `knn_entropy`: Kozachenko-Leonenko differential entropy estimate.
@@ -17,7 +17,7 @@ are therefore raised to `min_distance` before the log. The default (1e-10)
 only guards against exact duplicates in continuous data; for binary codes
 use `min_distance=0.5`, half the lattice spacing of {0, 1}^d, which treats
 a duplicated code as if it occupied a cell of radius 1/2 around its lattice
-point (the value `shrewd_tf.evaluation.metrics` uses for the binary entropy).
+point (the value `shrewd_tf.evaluation.entropy` uses for the binary entropy).
 
 Reference:
     L. F. Kozachenko, N. N. Leonenko. Sample estimate of the entropy of a
@@ -239,8 +239,9 @@ def knn_kl_divergence(x, y, k=1, min_distance=1e-10):
     rho_k(i) the distance to its k-th nearest neighbour in x without x_i.
     Both distances are floored at `min_distance` before the log.
 
-    `shrewd_tf.losses.keras_losses.empirical_kl_loss` is mean_i log(nu_k(i) / rho_k(i)):
-    this estimate without the factor d and the constant log(m / (n - 1)).
+    `shrewd_tf.ops.empirical_kl.empirical_kl_loss` is
+    mean_i log(nu_k(i) / rho_k(i)): this estimate without the factor d and
+    the constant log(m / (n - 1)).
 
     Args:
         x: float array [n, d], samples of p; n > k.

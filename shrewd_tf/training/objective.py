@@ -17,7 +17,7 @@ import functools
 import keras
 import tensorflow as tf
 
-from shrewd_tf.losses import keras_losses as losses_lib
+from shrewd_tf import losses as losses_lib
 
 PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
 

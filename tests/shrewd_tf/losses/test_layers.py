@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from shrewd_tf.losses import layers as loss_layers
-from shrewd_tf.losses import keras_losses as losses
+from shrewd_tf import losses
 from shrewd_tf.training import objective as training
 from shrewd_tf.losses.layers import EmpiricalKLLayer
 from shrewd_tf.losses.layers import SimilarityMatchingLayer

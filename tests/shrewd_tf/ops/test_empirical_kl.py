@@ -14,7 +14,7 @@ import tensorflow as tf
 
 from shrewd_tf.ops import empirical_kl
 from shrewd_tf.ops import estimators
-from shrewd_tf.losses import keras_losses as losses
+from shrewd_tf import losses
 from shrewd_tf.evaluation import metrics
 from shrewd_tf.ops import target_sampling
 
@@ -184,7 +184,7 @@ def test_default_kl_configuration_binarises_free_codes():
     import dataclasses
 
     from shrewd_tf import config as config_lib
-    from shrewd_tf.models import shrewd_model as models
+    from shrewd_tf.models import code_head
     from shrewd_tf.training import objective as training
 
     loss_config = dataclasses.replace(config_lib.LossConfig(), losses="SIM-KL")
@@ -192,7 +192,7 @@ def test_default_kl_configuration_binarises_free_codes():
     kl = training.make_losses(
         loss_config, class_distances=np.zeros((2, 2)), seed=0
     )[training.KL_OUTPUT]
-    layers = models.code_head_activation(
+    layers = code_head.code_head_activation(
         model_config.code_activation, gain=model_config.code_gain
     )
     rng = np.random.default_rng(0)

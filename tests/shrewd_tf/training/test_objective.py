@@ -4,7 +4,7 @@ import pytest
 import tensorflow as tf
 
 from shrewd_tf import config as config_lib
-from shrewd_tf.losses import keras_losses as losses_lib
+from shrewd_tf import losses as losses_lib
 from shrewd_tf.training import objective as training
 
 
