@@ -5,14 +5,21 @@ stages it reads from and the slice of the configuration it depends on. The
 `StageCache` runs a chain of stages under `runs/<name>/<stage>/`:
 
 * Each stage's *fingerprint* is the SHA-256 of its name, its configuration
-  slice, its code version (`Stage.version`) and the fingerprints (and run
-  times) of its inputs. Upstream changes, or an upstream stage that ran
-  again, therefore invalidate everything downstream.
+  slice, the installed shrewd-tf version (`shrewd_tf.__version__`), a
+  digest of the source it runs and the fingerprints (and run ids) of its
+  inputs. Upstream changes, or an upstream stage that ran again, therefore
+  invalidate everything downstream.
+* The source digest (`source_digest`, computed once per process) covers
+  the file defining the stage function and the modules named in
+  `Stage.code` with every first-party module they import, transitively
+  (found with `ast`, nothing is imported): any change to that code, not
+  only a release, reruns the stage. The manifest records the version, the
+  digest and the modules it covers.
 * A stage whose directory holds a complete `manifest.json` with the same
   fingerprint is skipped and its recorded outputs reused (a TFX cache hit).
 * Otherwise the old manifest is removed first, the stage runs, and the
   manifest (config, input fingerprints, outputs, metrics, library versions,
-  timings) is written last, atomically. A stage that fails or is killed
+  timings, shrewd-tf version, code digest) is written last, atomically. A stage that fails or is killed
   leaves no manifest, so the next run redoes it; the others are reused.
 
 Example:
@@ -21,8 +28,12 @@ Example:
     results = StageCache("runs/demo").run(stages)
 """
 
+import ast
 import dataclasses
+import functools
 import hashlib
+import importlib.util
+import inspect
 import json
 import logging
 import os
@@ -32,12 +43,16 @@ import time
 import uuid
 from collections.abc import Callable
 
+import shrewd_tf
 from shrewd_tf.config import write_text_atomically
 
 log = logging.getLogger(__name__)
 
 MANIFEST_FILE = "manifest.json"
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
+# Imports of these packages are followed into the source digest (also the
+# default `Stage.code`: all of the library and the pipeline).
+FIRST_PARTY = ("shrewd_tf", "pipeline")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,29 +95,201 @@ class Stage:
         fn: `fn(StageContext) -> StageResult`.
         inputs: names of the upstream stages it reads.
         config: JSON-serialisable configuration it depends on.
-        version: bump to invalidate cached results after a code change.
+        code: dotted names of the modules (or packages: every module in
+            them) the stage runs besides the file defining `fn`; their
+            source and that of the first-party modules they import is in
+            the fingerprint (default: all of shrewd_tf and pipeline).
     """
 
     name: str
     fn: Callable
     inputs: tuple = ()
     config: dict = dataclasses.field(default_factory=dict)
-    version: int = 1
+    code: tuple = FIRST_PARTY
 
 
-def fingerprint(stage, input_fingerprints):
-    """SHA-256 hex digest of the stage's name, config, version and inputs."""
+# === Source digest ===
+
+
+def _package_dir(top):
+    """The directory (or file) of top-level module `top`, importing nothing."""
+    spec = importlib.util.find_spec(top)
+    if spec is None:
+        raise ValueError(f"No module named {top!r}")
+    if spec.submodule_search_locations:
+        return list(spec.submodule_search_locations)[0]
+    return spec.origin
+
+
+def _module_path(name):
+    """The source file of module `name`, or None if there is none."""
+    top, _, rest = name.partition(".")
+    try:
+        root = _package_dir(top)
+    except (ImportError, ValueError):
+        return None
+    if root is None or not os.path.isdir(root):
+        return root if not rest else None
+    base = os.path.join(root, *rest.split(".")) if rest else root
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def _package_modules(name, path):
+    """Every module of package `name` (whose __init__.py is `path`)."""
+    root = os.path.dirname(path)
+    names = []
+    for directory, subdirs, files in os.walk(root):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith((".", "_")))
+        relative = os.path.relpath(directory, root)
+        prefix = name if relative == "." else (
+            name + "." + relative.replace(os.sep, "."))
+        for file in sorted(files):
+            if file == "__init__.py":
+                names.append(prefix)
+            elif file.endswith(".py"):
+                names.append(f"{prefix}.{file[:-3]}")
+    return names
+
+
+def _imported_names(path, module):
+    """Modules `path` (module `module`) imports, anywhere in the file."""
+    with open(path, "rb") as f:
+        tree = ast.parse(f.read(), filename=path)
+    is_package = os.path.basename(path) == "__init__.py"
+    package = module if is_package else module.rpartition(".")[0]
+    names = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.extend(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                base = ".".join(parts + ([base] if base else []))
+            names.append(base)
+            # `from package import module` imports a module too.
+            names.extend(f"{base}.{alias.name}" for alias in node.names)
+    return names
+
+
+@functools.lru_cache(maxsize=None)
+def source_digest(modules):
+    """SHA-256 of the source of `modules` and what they import, transitively.
+
+    Imports of first-party packages (`FIRST_PARTY` and those of `modules`)
+    are followed through `ast`, including imports inside functions; a
+    module's parent packages (`__init__.py`) count as imported. Files are
+    keyed by module name, so the digest does not depend on where the
+    checkout lives. Cached: computed once per process per `modules`.
+
+    Args:
+        modules: tuple of dotted module or package names (a package stands
+            for every module in it).
+
+    Returns:
+        (hex digest, sorted tuple of the module names covered).
+
+    Raises:
+        ValueError: a name in `modules` that has no source file.
+    """
+    followed = set(FIRST_PARTY) | {m.partition(".")[0] for m in modules}
+    pending = []
+    for name in modules:
+        path = _module_path(name)
+        if path is None:
+            raise ValueError(
+                f"Stage code must name modules with source files. "
+                f"Received: {name!r}"
+            )
+        if os.path.basename(path) == "__init__.py":
+            pending.extend(_package_modules(name, path))
+        else:
+            pending.append(name)
+    paths = {}
+    while pending:
+        name = pending.pop()
+        if name in paths or name.partition(".")[0] not in followed:
+            continue
+        path = _module_path(name)
+        if path is None:
+            continue  # an attribute (from x import y), not a module
+        paths[name] = path
+        parts = name.split(".")
+        pending.extend(".".join(parts[:i]) for i in range(1, len(parts)))
+        pending.extend(_imported_names(path, name))
+    digest = hashlib.sha256()
+    for name in sorted(paths):
+        with open(paths[name], "rb") as f:
+            content = f.read()
+        digest.update(f"{name}\0{len(content)}\0".encode())
+        digest.update(content)
+    return digest.hexdigest(), tuple(sorted(paths))
+
+
+def code_digest(stage):
+    """{"digest", "modules"}: the source `stage` runs (see `source_digest`).
+
+    The file that defines `stage.fn` is hashed as it is (its own imports
+    are not followed: a module of many stages would tie them together).
+    """
+    digest, modules = source_digest(tuple(sorted(set(stage.code))))
+    combined = hashlib.sha256(digest.encode())
+    try:
+        fn_file = inspect.getsourcefile(stage.fn)
+    except TypeError:  # a builtin or a C callable: no source to hash
+        fn_file = None
+    if fn_file and os.path.isfile(fn_file):
+        combined.update(_file_sha256(fn_file).encode())
+    return {"digest": combined.hexdigest(), "modules": list(modules)}
+
+
+@functools.lru_cache(maxsize=None)
+def _file_sha256(path):
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+# === Fingerprints and manifests ===
+
+
+def fingerprint(stage, input_fingerprints, code=None):
+    """SHA-256 hex digest of the stage's name, config, code and inputs.
+
+    Args:
+        stage: the `Stage`.
+        input_fingerprints: {upstream stage: fingerprint}.
+        code: its `code_digest` (computed when None).
+    """
+    code = code or code_digest(stage)
     payload = json.dumps(
         {
             "name": stage.name,
             "config": stage.config,
-            "version": stage.version,
+            "shrewd_tf_version": shrewd_tf.__version__,
+            "code_digest": code["digest"],
             "inputs": {k: input_fingerprints[k] for k in sorted(input_fingerprints)},
         },
         sort_keys=True,
         default=str,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+def _rerun_reason(manifest, code, forced):
+    """Why a stage with `manifest` (or None) runs again."""
+    if forced and manifest:
+        return "forced"
+    if manifest is None:
+        return "no complete manifest"
+    if manifest.get("shrewd_tf_version") != shrewd_tf.__version__:
+        return (f"shrewd-tf {manifest.get('shrewd_tf_version')} -> "
+                f"{shrewd_tf.__version__}")
+    if manifest.get("code", {}).get("digest") != code["digest"]:
+        return "code changed"
+    return "inputs or config changed"
 
 
 def library_versions():
@@ -158,7 +345,8 @@ class StageCache:
                     f"before it. Received order: {names}"
                 )
             inputs_fp = {i: fingerprints[i] for i in stage.inputs}
-            digest = fingerprint(stage, inputs_fp)
+            code = code_digest(stage)
+            digest = fingerprint(stage, inputs_fp, code)
             stage_dir = os.path.join(self.run_dir, stage.name)
             manifest = read_manifest(stage_dir)
             header = f"== [{position}/{len(stages)}] {stage.name}"
@@ -172,14 +360,10 @@ class StageCache:
                 self.banner(f"{header}: cached ({digest[:12]}), reused")
                 result = StageResult(manifest["outputs"], manifest["metrics"])
             else:
-                reason = (
-                    "forced" if forced and manifest else
-                    "no complete manifest" if manifest is None else
-                    "inputs or config changed"
-                )
+                reason = _rerun_reason(manifest, code, forced)
                 self.banner(f"{header}: running ({reason})")
                 result, manifest = self._run_stage(
-                    stage, stage_dir, digest, inputs_fp, results
+                    stage, stage_dir, digest, code, inputs_fp, results
                 )
                 self.banner(
                     f"{header}: done in {manifest['wall_seconds']:.1f} s"
@@ -193,7 +377,7 @@ class StageCache:
             for name in names
         }
 
-    def _run_stage(self, stage, stage_dir, digest, inputs_fp, results):
+    def _run_stage(self, stage, stage_dir, digest, code, inputs_fp, results):
         manifest_path = os.path.join(stage_dir, MANIFEST_FILE)
         if os.path.exists(manifest_path):
             os.unlink(manifest_path)  # a killed rerun must not look complete
@@ -219,7 +403,8 @@ class StageCache:
             "status": "complete",
             "fingerprint": digest,
             "run_id": uuid.uuid4().hex,
-            "stage_version": stage.version,
+            "shrewd_tf_version": shrewd_tf.__version__,
+            "code": code,
             "config": stage.config,
             "inputs": inputs_fp,
             "outputs": result.outputs,

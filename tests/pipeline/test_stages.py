@@ -1,10 +1,12 @@
 """Tests for the cached stage runner (pipeline.stages)."""
 
+import importlib
 import json
 import os
 
 import pytest
 
+import shrewd_tf
 from pipeline import stages as stages_lib
 from pipeline.stages import Stage
 from pipeline.stages import StageCache
@@ -109,16 +111,115 @@ def test_rerun_clears_stale_artifacts(tmp_path):
     assert not stale.exists()
 
 
-def test_fingerprint_depends_on_config_version_and_inputs():
+def test_fingerprint_depends_on_config_inputs_code_and_version(monkeypatch):
     stage = Stage("s", lambda c: None, config={"x": 1})
-    base = stages_lib.fingerprint(stage, {"a": "1"})
-    assert base != stages_lib.fingerprint(stage, {"a": "2"})
+    code = {"digest": "d1", "modules": []}
+    base = stages_lib.fingerprint(stage, {"a": "1"}, code)
+    assert base != stages_lib.fingerprint(stage, {"a": "2"}, code)
     assert base != stages_lib.fingerprint(
-        Stage("s", lambda c: None, config={"x": 2}), {"a": "1"})
+        Stage("s", lambda c: None, config={"x": 2}), {"a": "1"}, code)
     assert base != stages_lib.fingerprint(
-        Stage("s", lambda c: None, config={"x": 1}, version=2), {"a": "1"})
+        stage, {"a": "1"}, {"digest": "d2", "modules": []})
     assert base == stages_lib.fingerprint(
-        Stage("s", lambda c: None, config={"x": 1}), {"a": "1"})
+        Stage("s", lambda c: None, config={"x": 1}), {"a": "1"}, code)
+    monkeypatch.setattr(shrewd_tf, "__version__", "99.0")
+    assert base != stages_lib.fingerprint(stage, {"a": "1"}, code)
+
+
+# === The source digest: code changes invalidate the cache ===
+
+
+def write_package(root, helper_value):
+    """`fakestagepkg`: entry imports helper inside a function."""
+    package = root / "fakestagepkg"
+    package.mkdir(exist_ok=True)
+    (package / "__init__.py").write_text('"""Fake."""\n')
+    (package / "entry.py").write_text(
+        "import json\n\n\ndef value():\n"
+        "    from fakestagepkg import helper\n"
+        "    return helper.VALUE\n"
+    )
+    (package / "helper.py").write_text(f"VALUE = {helper_value}\n")
+    (package / "unused.py").write_text("X = 1\n")
+    return package
+
+
+@pytest.fixture
+def fake_package(tmp_path, monkeypatch):
+    root = tmp_path / "src"
+    root.mkdir()
+    package = write_package(root, 1)
+    monkeypatch.syspath_prepend(str(root))
+    importlib.invalidate_caches()
+    stages_lib.source_digest.cache_clear()
+    yield package
+    stages_lib.source_digest.cache_clear()
+
+
+def test_source_digest_follows_first_party_imports(fake_package):
+    digest, modules = stages_lib.source_digest(("fakestagepkg.entry",))
+    # The parent package and the import inside a function, not json (not
+    # first-party) nor the module nobody imports.
+    assert modules == (
+        "fakestagepkg", "fakestagepkg.entry", "fakestagepkg.helper")
+    assert stages_lib.source_digest(("fakestagepkg.entry",))[0] == digest
+    _, whole = stages_lib.source_digest(("fakestagepkg",))
+    assert "fakestagepkg.unused" in whole
+    with pytest.raises(ValueError, match="nope"):
+        stages_lib.source_digest(("fakestagepkg.nope",))
+
+
+def test_source_digest_is_computed_once_per_process(fake_package):
+    first = stages_lib.source_digest(("fakestagepkg.entry",))
+    (fake_package / "helper.py").write_text("VALUE = 2\n")
+    assert stages_lib.source_digest(("fakestagepkg.entry",)) == first
+    stages_lib.source_digest.cache_clear()  # a new process
+    assert stages_lib.source_digest(("fakestagepkg.entry",))[0] != first[0]
+
+
+def code_chain(recorder):
+    return [
+        Stage("a", recorder.make("a"), config={"value": 1},
+              code=("fakestagepkg.entry",)),
+        Stage("b", recorder.make("b"), inputs=("a",), config={"value": 10},
+              code=("fakestagepkg.unused",)),
+    ]
+
+
+def test_code_change_reruns_the_stage_and_same_code_is_reused(fake_package):
+    recorder, lines = Recorder(), []
+    run_dir = str(fake_package.parent.parent / "runs")
+    StageCache(run_dir, banner=lines.append).run(code_chain(recorder))
+    manifest = json.loads(
+        open(os.path.join(run_dir, "a", "manifest.json")).read())
+    assert manifest["shrewd_tf_version"] == shrewd_tf.__version__
+    assert manifest["code"]["digest"] == stages_lib.code_digest(
+        code_chain(recorder)[0])["digest"]
+    assert "fakestagepkg.helper" in manifest["code"]["modules"]
+
+    recorder.calls.clear()
+    stages_lib.source_digest.cache_clear()  # a new process, same code
+    StageCache(run_dir, banner=lines.append).run(code_chain(recorder))
+    assert recorder.calls == []
+
+    # An edit to a module a's code imports (not a version bump) reruns a,
+    # and b because its input ran again.
+    (fake_package / "helper.py").write_text("VALUE = 2\n")
+    stages_lib.source_digest.cache_clear()
+    lines.clear()
+    StageCache(run_dir, banner=lines.append).run(code_chain(recorder))
+    assert recorder.calls == ["a", "b"]
+    assert any("a: running (code changed)" in line for line in lines), lines
+
+
+def test_shrewd_tf_upgrade_reruns_every_stage(tmp_path, monkeypatch):
+    recorder, lines = Recorder(), []
+    StageCache(str(tmp_path), banner=quiet).run(chain(recorder))
+    recorder.calls.clear()
+    monkeypatch.setattr(shrewd_tf, "__version__", "99.0")
+    StageCache(str(tmp_path), banner=lines.append).run(chain(recorder))
+    assert recorder.calls == ["a", "b", "c"]
+    assert any("-> 99.0)" in line for line in lines), lines
 
 
 def test_bad_order_and_bad_result_are_refused(tmp_path):
