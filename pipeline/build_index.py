@@ -6,6 +6,11 @@
         [--no-rerank] [--direct_num_workers=2 \\
          --direct_running_mode=multi_processing]
 
+`run(BuildIndexOptions(...))` is the typed entry point (the pipeline's
+index_builder stage and `shrewd index build` call it); `main(argv)` parses
+the flags (`pipeline.build_index_options`; other flags go to Beam, runner
+FnApiRunner by default, see `pipeline.options`) and calls it.
+
 The Beam pipeline reads the split's shards, encodes the images in parallel
 (`pipeline.bulk_encode.EncodeImages`, the SavedModel loaded once per
 worker) and writes the codes with their metadata as TFRecord shards plus
@@ -36,20 +41,25 @@ import glob
 import json
 import logging
 import os
+import sys
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import PipelineOptions
 
 from pipeline import bulk_encode
+from pipeline.build_index_options import BuildIndexOptions
+from pipeline.build_index_options import add_arguments
+from pipeline.build_index_options import options_from_args
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.dead_letters import WriteDeadLetters
 from pipeline.dead_letters import dead_letter
 from pipeline.dead_letters import dead_letter_counts
 from pipeline.dead_letters import read_dead_letters
+from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import pipeline_options
 from pipeline.outputs import StagedOutputDir
+from shrewd_tf.config import write_text_atomically
 from shrewd_tf.data import records as data
 from shrewd_tf.retrieval import builder as index_builder
-from shrewd_tf.config import write_text_atomically
 
 log = logging.getLogger(__name__)
 
@@ -157,26 +167,12 @@ def codes_written(pipeline_result):
     return sum(int(c.committed or c.attempted or 0) for c in query["counters"])
 
 
-def build(
-    tfrecord_dir,
-    saved_model,
-    output_dir,
-    split="test",
-    kinds=index_builder.INDEX_KINDS,
-    binary_method="flat",
-    rerank=True,
-    binary_params=None,
-    scann_params=None,
-    num_threads=1,
-    signature="serving_default",
-    output_key="code",
-    batch_size=256,
-    image_uri_prefix="",
-    codes_shards=0,
-    pipeline_args=None,
-    test_pipeline=None,
-):
-    """Runs the job; see `index_builder.build_index_from_tfrecords`.
+def run(options, test_pipeline=None):
+    """Runs the job.
+
+    Args:
+        options: `BuildIndexOptions`.
+        test_pipeline: a `TestPipeline` to build on instead of a new one.
 
     Returns:
         `BuildIndexResult`.
@@ -187,38 +183,44 @@ def build(
         ValueError: bad signature, kinds or index parameters, or no image
             could be encoded.
     """
-    kinds = index_builder.parse_kinds(kinds)
-    info = data.DatasetInfo.load(tfrecord_dir)
-    file_pattern = info.file_pattern(split, tfrecord_dir)
+    if not isinstance(options, BuildIndexOptions):
+        raise TypeError(
+            "run() takes BuildIndexOptions (main() parses a command line). "
+            f"Received: {type(options).__name__}"
+        )
+    index_args = dict(
+        kinds=options.kinds,
+        binary_method=options.binary_method,
+        rerank=options.rerank,
+        binary_params=options.binary_params,
+        scann_params=options.scann_params,
+        num_threads=options.num_threads,
+    )
+    info = data.DatasetInfo.load(options.tfrecord_dir)
+    file_pattern = info.file_pattern(options.split, options.tfrecord_dir)
     # Resolved and checked before any work (fails fast, one version).
     encode = bulk_encode.EncodeImages(
-        saved_model,
-        signature=signature,
-        output_key=output_key,
-        max_batch_size=batch_size,
-        image_uri_prefix=image_uri_prefix,
+        options.saved_model,
+        signature=options.signature,
+        output_key=options.output_key,
+        max_batch_size=options.batch_size,
+        image_uri_prefix=options.image_uri_prefix,
     )
     # Bad index flags fail now, not after encoding the whole split.
-    code_shape = encode.signature_info.outputs[output_key]
+    code_shape = encode.signature_info.outputs[options.output_key]
     index_builder.new_indexes(
-        code_shape[-1] if code_shape and code_shape[-1] else 8,
-        kinds,
-        binary_method=binary_method,
-        rerank=rerank,
-        binary_params=binary_params,
-        scann_params=scann_params,
-        num_threads=num_threads,
+        code_shape[-1] if code_shape and code_shape[-1] else 8, **index_args
     )
-    codes_target = os.path.join(output_dir, index_builder.CODES_DIR)
+    codes_target = os.path.join(options.output_dir, index_builder.CODES_DIR)
     with StagedOutputDir(codes_target) as staged:
         pipeline = test_pipeline or beam.Pipeline(
-            options=PipelineOptions(pipeline_args or [])
+            options=pipeline_options(options.beam_args)
         )
         records, parse_dead = pipeline | "ReadRecords" >> ReadImageRecords(
             file_pattern
         )
         encoded, encode_dead = records | "Encode" >> encode
-        encoded | "WriteCodes" >> WriteCodes(staged.path, codes_shards)
+        encoded | "WriteCodes" >> WriteCodes(staged.path, options.codes_shards)
         (
             (parse_dead, encode_dead)
             | "FlattenDeadLetters" >> beam.Flatten()
@@ -240,24 +242,15 @@ def build(
 
         ids, codes, metadata = index_builder.read_codes(staged.path)
         index_dirs = index_builder.build_indexes(
-            codes,
-            ids,
-            output_dir,
-            metadata=metadata,
-            kinds=kinds,
-            binary_method=binary_method,
-            rerank=rerank,
-            binary_params=binary_params,
-            scann_params=scann_params,
-            num_threads=num_threads,
+            codes, ids, options.output_dir, metadata=metadata, **index_args
         )
         codes_info = {
             "format_version": CODES_INFO_VERSION,
-            "tfrecord_dir": os.path.abspath(tfrecord_dir),
-            "split": split,
+            "tfrecord_dir": os.path.abspath(options.tfrecord_dir),
+            "split": options.split,
             "saved_model_dir": encode.saved_model_dir,
-            "signature": signature,
-            "output_key": output_key,
+            "signature": options.signature,
+            "output_key": options.output_key,
             "count": int(len(ids)),
             "code_dim": int(codes.shape[1]),
             "dead_letters": dead_letters,
@@ -270,10 +263,10 @@ def build(
         staged.commit()
     log.info(
         "indexed %d codes of %s/%s; dead letters %s",
-        len(ids), tfrecord_dir, split, dead_letters,
+        len(ids), options.tfrecord_dir, options.split, dead_letters,
     )
     return BuildIndexResult(
-        output_dir=output_dir,
+        output_dir=options.output_dir,
         saved_model_dir=encode.saved_model_dir,
         num_codes=int(len(ids)),
         code_dim=int(codes.shape[1]),
@@ -282,20 +275,29 @@ def build(
     )
 
 
-def run(argv=None, test_pipeline=None):
-    """Parses the job's flags (runner flags pass through) and runs it."""
-    parser = index_builder.add_build_arguments(
-        argparse.ArgumentParser(description=__doc__)
+def parse_options(argv=None):
+    """`BuildIndexOptions` of a command line (unknown flags go to Beam)."""
+    parser = add_arguments(
+        argparse.ArgumentParser(
+            prog="python -m pipeline.build_index",
+            description="Encode a TFRecord split with a SavedModel and "
+            "index the codes.",
+            epilog="Other flags are Beam pipeline options, e.g. "
+            "--direct_num_workers=2 --direct_running_mode=multi_processing "
+            f"(default runner: {DEFAULT_RUNNER}).",
+        )
     )
-    args, pipeline_args = parser.parse_known_args(argv)
-    return build(
-        **index_builder.build_kwargs(args),
-        pipeline_args=pipeline_args,
-        test_pipeline=test_pipeline,
-    )
+    args, beam_args = parser.parse_known_args(argv)
+    return options_from_args(args, beam_args)
+
+
+def main(argv=None):
+    """Command-line entry point: prints the result as JSON; returns 0."""
+    logging.basicConfig(level=logging.INFO)
+    result = run(parse_options(argv))
+    print(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
+    return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO)
-    result = run()
-    print(json.dumps(dataclasses.asdict(result), indent=2, sort_keys=True))
+    sys.exit(main())

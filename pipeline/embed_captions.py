@@ -21,6 +21,9 @@ Run:
 
 Other flags are Beam pipeline options (default runner: FnApiRunner, the
 local runner; `--runner=DataflowRunner ...` for a cluster).
+
+`run(EmbedCaptionsOptions(...))` is the typed entry point (the pipeline's
+semantics stage calls it); `main(argv)` parses the flags into the options.
 """
 
 import argparse
@@ -35,12 +38,55 @@ from pipeline import dead_letters
 from pipeline import embeddings
 from pipeline import outputs
 from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import ResultItems
+from pipeline.options import as_options
+from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
 from shrewd_tf.data import records as data
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_PREFIX = "dead_letters"
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedCaptionsOptions:
+    """Options of one `embed_captions` run.
+
+    Attributes:
+        input_dir: TFRecord directory with dataset_info.json.
+        output_dir: directory to write (replaced on success; may equal
+            `input_dir`).
+        text_encoder: SentenceEncoder model path or TF-Hub handle (None:
+            all-MiniLM-L6-v2).
+        max_batch_size: captions per encoder call.
+        beam_args: Beam pipeline flags (FnApiRunner unless they name one).
+    """
+
+    input_dir: str
+    output_dir: str
+    text_encoder: str | None = None
+    max_batch_size: int = embeddings.DEFAULT_MAX_BATCH_SIZE
+    beam_args: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class EmbedCaptionsResult(ResultItems):
+    """What an `embed_captions` run wrote.
+
+    Attributes:
+        output_dir: the committed directory (absolute).
+        splits: {split: records written}.
+        dead_letters: {stage: rejected records}.
+        embedding_dim: embedding width, None when no caption was embedded.
+        text_encoder: the encoder's name.
+    """
+
+    output_dir: str
+    splits: dict
+    dead_letters: dict
+    embedding_dim: int | None
+    text_encoder: str
 
 
 def parse_args(argv=None):
@@ -61,9 +107,14 @@ def parse_args(argv=None):
                         help="SentenceEncoder model path or TF-Hub handle "
                              "(default all-MiniLM-L6-v2)")
     parser.add_argument("--max-batch-size", type=int,
-                        default=embeddings.DEFAULT_MAX_BATCH_SIZE,
+                        default=EmbedCaptionsOptions.max_batch_size,
                         help="captions per encoder call")
     return parser.parse_known_args(argv)
+
+
+def parse_options(argv=None):
+    """`EmbedCaptionsOptions` of a command line (unknown flags: Beam)."""
+    return options_from_argv(parse_args, EmbedCaptionsOptions, argv)
 
 
 def input_shard_count(pattern):
@@ -144,44 +195,44 @@ class EmbedDirectory(beam.PTransform):
         )
 
 
-def run(argv=None, test_pipeline=None, model_handler=None):
+def run(options, test_pipeline=None, model_handler=None):
     """Runs the job.
 
     Args:
-        argv: command-line arguments (job flags and Beam flags).
+        options: `EmbedCaptionsOptions` (a command line, a list of str, is
+            parsed for callers written before the options).
         test_pipeline: a `TestPipeline` to build on instead of a new one.
         model_handler: a ModelHandler of strings -> `[E]` vectors to use
-            instead of `SentenceEncoderModelHandler(--text-encoder)` (tests).
+            instead of `SentenceEncoderModelHandler(text_encoder)` (tests).
 
     Returns:
-        dict: `output_dir`, `splits` ({split: records written}),
-        `dead_letters` ({stage: count}), `embedding_dim`, `text_encoder`.
+        `EmbedCaptionsResult`.
 
     Raises:
         FileNotFoundError: no dataset_info.json or no shards of a split.
         RuntimeError: the pipeline did not finish (the output is untouched).
     """
-    args, beam_args = parse_args(argv)
-    info = data.DatasetInfo.load(args.input_dir)
+    options = as_options(options, EmbedCaptionsOptions, parse_options)
+    info = data.DatasetInfo.load(options.input_dir)
     handler = model_handler or embeddings.SentenceEncoderModelHandler(
-        args.text_encoder, max_batch_size=args.max_batch_size
+        options.text_encoder, max_batch_size=options.max_batch_size
     )
     encoder_name = getattr(handler, "encoder_name", type(handler).__name__)
     shards = {
-        split: input_shard_count(info.file_pattern(split, args.input_dir))
+        split: input_shard_count(info.file_pattern(split, options.input_dir))
         for split in info.splits
     }
-    with outputs.StagedOutputDir(args.output_dir) as staged:
+    with outputs.StagedOutputDir(options.output_dir) as staged:
         pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(beam_args)
+            options=pipeline_options(options.beam_args)
         )
         _ = pipeline | "EmbedDirectory" >> EmbedDirectory(
-            args.input_dir, shards, staged.path, handler)
+            options.input_dir, shards, staged.path, handler)
         result = pipeline.run()
         state = result.wait_until_finish()
         if state != beam.runners.runner.PipelineState.DONE:
             raise RuntimeError(
-                f"The pipeline did not finish; {args.output_dir} is "
+                f"The pipeline did not finish; {options.output_dir} is "
                 f"untouched. Received: state={state}"
             )
         counts = {split: outputs.records_written(result, split)
@@ -195,20 +246,21 @@ def run(argv=None, test_pipeline=None, model_handler=None):
     letters = dead_letters.dead_letter_counts(result)
     if dim is None:
         log.warning("no caption was embedded; see the dead letters in %s",
-                    args.output_dir)
-    log.info("wrote %s: %s, dead letters %s", args.output_dir, counts, letters)
-    return {
-        "output_dir": os.path.abspath(args.output_dir),
-        "splits": counts,
-        "dead_letters": letters,
-        "embedding_dim": dim,
-        "text_encoder": encoder_name,
-    }
+                    options.output_dir)
+    log.info("wrote %s: %s, dead letters %s", options.output_dir, counts, letters)
+    return EmbedCaptionsResult(
+        output_dir=os.path.abspath(options.output_dir),
+        splits=counts,
+        dead_letters=letters,
+        embedding_dim=dim,
+        text_encoder=encoder_name,
+    )
 
 
 def main(argv=None):
+    """Command-line entry point; returns 0."""
     logging.basicConfig(level=logging.INFO)
-    run(argv)
+    run(parse_options(argv))
     return 0
 
 

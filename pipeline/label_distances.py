@@ -41,6 +41,9 @@ Run:
         --direct_running_mode=multi_processing]
 
 Other flags are Beam pipeline options (default runner: FnApiRunner).
+
+`run(LabelDistancesOptions(...))` is the typed entry point (the pipeline's
+semantics stage calls it); `main(argv)` parses the flags into the options.
 """
 
 import argparse
@@ -56,6 +59,9 @@ from apache_beam.ml.inference import base as inference_base
 
 from pipeline import embeddings
 from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import ResultItems
+from pipeline.options import as_options
+from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
 from shrewd_tf.semantics import class_synsets
 from shrewd_tf import config
@@ -400,6 +406,58 @@ class ClassDistanceMatrix(beam.PTransform):
 # === Job ===
 
 
+@dataclasses.dataclass(frozen=True)
+class LabelDistancesOptions:
+    """Options of one `label_distances` run.
+
+    Attributes:
+        kind: "wup", "lcs" or "bert".
+        output: path prefix: writes `<output>.npy` and `<output>.json`.
+        dataset: a known dataset whose classes to use, or None.
+        tfrecord_dir: a TFRecord directory whose class names to use, or
+            None (exactly one of `dataset` and `tfrecord_dir`).
+        synsets_file: "name synset" lines for `tfrecord_dir`.
+        hierarchy_file: "parent child" edges (lcs).
+        class_ids_file: "id name" lines mapping classes to tree nodes
+            (lcs; default: class names are node ids).
+        text_encoder: SentenceEncoder model path or TF-Hub handle (bert;
+            None: all-MiniLM-L6-v2).
+        wordnet_root: nltk_data root holding corpora/wordnet (None:
+            <sys.prefix>/nltk_data).
+        rows_per_block: matrix rows per parallel work item.
+        beam_args: Beam pipeline flags (FnApiRunner unless they name one).
+    """
+
+    kind: str
+    output: str
+    dataset: str | None = None
+    tfrecord_dir: str | None = None
+    synsets_file: str | None = None
+    hierarchy_file: str | None = None
+    class_ids_file: str | None = None
+    text_encoder: str | None = None
+    wordnet_root: str | None = None
+    rows_per_block: int = DEFAULT_ROWS_PER_BLOCK
+    beam_args: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelDistancesResult(ResultItems):
+    """What a `label_distances` run wrote.
+
+    Attributes:
+        matrix_path: `<output>.npy`, float64 [C, C].
+        metadata_path: `<output>.json`.
+        kind: the distance kind.
+        num_classes: C.
+    """
+
+    matrix_path: str
+    metadata_path: str
+    kind: str
+    num_classes: int
+
+
 def parse_args(argv=None):
     """Returns `(job args, Beam args)`; unknown flags go to Beam."""
     parser = argparse.ArgumentParser(
@@ -430,8 +488,13 @@ def parse_args(argv=None):
                         help="nltk_data root holding corpora/wordnet "
                              "(default <sys.prefix>/nltk_data)")
     parser.add_argument("--rows-per-block", type=int,
-                        default=DEFAULT_ROWS_PER_BLOCK)
+                        default=LabelDistancesOptions.rows_per_block)
     return parser.parse_known_args(argv)
+
+
+def parse_options(argv=None):
+    """`LabelDistancesOptions` of a command line (unknown flags: Beam)."""
+    return options_from_argv(parse_args, LabelDistancesOptions, argv)
 
 
 def output_paths(output):
@@ -441,33 +504,38 @@ def output_paths(output):
     return prefix + ".npy", prefix + ".json"
 
 
-def run(argv=None, test_pipeline=None, model_handler=None):
+def run(options, test_pipeline=None, model_handler=None):
     """Runs the job.
 
     Args:
-        argv: command-line arguments (job flags and Beam flags).
+        options: `LabelDistancesOptions` (a command line, a list of str,
+            is parsed for callers written before the options).
         test_pipeline: a `TestPipeline` to build on instead of a new one.
         model_handler: for `bert`, a ModelHandler of strings -> `[D]`
-            vectors to use instead of `--text-encoder` (tests).
+            vectors to use instead of `text_encoder` (tests).
 
     Returns:
-        dict: `matrix_path`, `metadata_path`, `kind`, `num_classes`.
+        `LabelDistancesResult`.
 
     Raises:
-        ValueError: inconsistent flags, unknown classes or synsets.
+        ValueError: inconsistent options, unknown classes or synsets.
         RuntimeError: the pipeline did not finish (outputs untouched).
     """
-    args, beam_args = parse_args(argv)
-    kind = args.kind
-    if kind == "lcs" and not args.hierarchy_file:
+    options = as_options(options, LabelDistancesOptions, parse_options)
+    kind = options.kind
+    if kind not in KINDS:
+        raise ValueError(
+            f"kind must be one of {KINDS}. Received: kind={kind!r}"
+        )
+    if kind == "lcs" and not options.hierarchy_file:
         raise ValueError(
             "--kind lcs needs --hierarchy-file. Received: "
-            f"hierarchy_file={args.hierarchy_file!r}"
+            f"hierarchy_file={options.hierarchy_file!r}"
         )
     wordnet = (None if kind == "lcs"
-               else semantics.load_wordnet(args.wordnet_root))
-    classes = resolve_classes(args.dataset, args.tfrecord_dir,
-                              args.synsets_file, need_synsets=kind != "lcs",
+               else semantics.load_wordnet(options.wordnet_root))
+    classes = resolve_classes(options.dataset, options.tfrecord_dir,
+                              options.synsets_file, need_synsets=kind != "lcs",
                               wordnet=wordnet)
     num_classes = len(classes.names)
     metadata = {
@@ -483,22 +551,20 @@ def run(argv=None, test_pipeline=None, model_handler=None):
         check_synsets(classes.synsets, wordnet, nouns_only=kind == "wup")
     if kind == "wup":
         transform_args.update(synsets=classes.synsets,
-                              wordnet_root=args.wordnet_root)
+                              wordnet_root=options.wordnet_root)
     elif kind == "lcs":
-        from shrewd_tf.data import pipelines as inputs
-
-        edges = semantics.read_parent_child_edges(args.hierarchy_file)
+        edges = semantics.read_parent_child_edges(options.hierarchy_file)
         node_ids = (
-            inputs._class_ids_in_label_order(args.class_ids_file,
+            inputs._class_ids_in_label_order(options.class_ids_file,
                                              classes.names)
-            if args.class_ids_file else list(classes.names)
+            if options.class_ids_file else list(classes.names)
         )
         transform_args.update(edges=edges, node_ids=node_ids)
         metadata.update(node_ids=node_ids,
-                        hierarchy_file=os.path.abspath(args.hierarchy_file))
+                        hierarchy_file=os.path.abspath(options.hierarchy_file))
     else:
         handler = model_handler or embeddings.SentenceEncoderModelHandler(
-            args.text_encoder)
+            options.text_encoder)
         definitions = semantics.synset_definitions(classes.synsets, wordnet)
         transform_args.update(definitions=definitions, model_handler=handler)
         metadata.update(
@@ -507,7 +573,7 @@ def run(argv=None, test_pipeline=None, model_handler=None):
             definitions=definitions,
         )
 
-    npy_path, json_path = output_paths(args.output)
+    npy_path, json_path = output_paths(options.output)
     os.makedirs(os.path.dirname(npy_path), exist_ok=True)
     fd, staging_npy = tempfile.mkstemp(
         dir=os.path.dirname(npy_path),
@@ -515,11 +581,11 @@ def run(argv=None, test_pipeline=None, model_handler=None):
     os.close(fd)
     try:
         pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(beam_args))
+            options=pipeline_options(options.beam_args))
         _ = (
             pipeline
             | "ClassDistances" >> ClassDistanceMatrix(
-                kind, num_classes, args.rows_per_block, **transform_args)
+                kind, num_classes, options.rows_per_block, **transform_args)
             | "SaveMatrix" >> beam.Map(save_npy, staging_npy)
         )
         state = pipeline.run().wait_until_finish()
@@ -542,13 +608,16 @@ def run(argv=None, test_pipeline=None, model_handler=None):
         json_path, json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     log.info("wrote %s and %s (%d classes, %s)", npy_path, json_path,
              num_classes, kind)
-    return {"matrix_path": npy_path, "metadata_path": json_path,
-            "kind": kind, "num_classes": num_classes}
+    return LabelDistancesResult(
+        matrix_path=npy_path, metadata_path=json_path, kind=kind,
+        num_classes=num_classes,
+    )
 
 
 def main(argv=None):
+    """Command-line entry point; returns 0."""
     logging.basicConfig(level=logging.INFO)
-    run(argv)
+    run(parse_options(argv))
     return 0
 
 

@@ -32,6 +32,9 @@ shards (`data.shard_count` of about `--records-per-shard` records),
 `dead_letters-00000-of-00001.jsonl` (one JSON object per rejected element:
 id, stage, reason) and `dataset_info.json` (`data.DatasetInfo`; split counts
 are the records actually written). Other flags go to Beam (`--runner`, ...).
+
+`run(MakeTFRecordsOptions(...))` is the typed entry point (the pipeline's
+example_gen stage calls it); `main(argv)` parses the flags into the options.
 """
 
 import argparse
@@ -51,6 +54,8 @@ from pipeline.outputs import StagedOutputDir
 from pipeline.outputs import WriteTFRecords
 from pipeline.outputs import records_written
 from pipeline.options import DEFAULT_RUNNER
+from pipeline.options import as_options
+from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
 from shrewd_tf.data import records as data
 from shrewd_tf.data import tfds_sources as datasets
@@ -81,6 +86,43 @@ class MakeTFRecordsResult:
     dead_letters: dict
     info: data.DatasetInfo
     dead_letter_files: tuple = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class MakeTFRecordsOptions:
+    """Options of one job run: the flags' values (module docstring).
+
+    Attributes:
+        source: "fashion_mnist", "tfds:<name>" or "captions:<file>".
+        output_dir: the directory to write (swapped in on success).
+        data_dir: Fashion-MNIST IDX directory, or the TFDS data directory.
+        splits: comma-separated split names; tfds: name=<tfds split>.
+        test_fraction: captions: share of ids (by hash) in the 2nd split.
+        image_size: (H, W) training decodes to, or None (the source's).
+        channels: 1, 3 or 4, or None (the source's).
+        keep_image_bytes: store image files as they are.
+        min_image_size: (h, w) below which images are rejected.
+        class_names_file: captions: class names in label order.
+        captions_format: captions: the file's format, or None (by suffix).
+        records_per_shard: about this many records per shard.
+        limit: fashion_mnist: only the first N records of each split.
+        beam_args: Beam pipeline flags (FnApiRunner unless they name one).
+    """
+
+    source: str
+    output_dir: str
+    data_dir: str | None = None
+    splits: str = "train,test"
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    image_size: tuple | None = None
+    channels: int | None = None
+    keep_image_bytes: bool = False
+    min_image_size: tuple = transforms.DEFAULT_MIN_IMAGE_SIZE
+    class_names_file: str | None = None
+    captions_format: str | None = None
+    records_per_shard: int = DEFAULT_RECORDS_PER_SHARD
+    limit: int | None = None
+    beam_args: tuple = ()
 
 
 @dataclasses.dataclass
@@ -175,6 +217,12 @@ def build_arg_parser():
         help="fashion_mnist: only the first N records of each split "
              "(tfds: use --splits train=train[:N])")
     return parser
+
+
+def parse_options(argv=None):
+    """`MakeTFRecordsOptions` of a command line (unknown flags: Beam)."""
+    return options_from_argv(
+        build_arg_parser().parse_known_args, MakeTFRecordsOptions, argv)
 
 
 # === Sources ===
@@ -342,12 +390,12 @@ def _summary(result):
             f"records {splits}; dead letters {dead}")
 
 
-def run(argv=None, test_pipeline=None):
+def run(options, test_pipeline=None):
     """Runs the job; see the module docstring for the flags.
 
     Args:
-        argv: command-line arguments (default `sys.argv[1:]`); unknown
-            flags are Beam pipeline options.
+        options: `MakeTFRecordsOptions` (a command line, a list of str, is
+            parsed for callers written before the options).
         test_pipeline: a `TestPipeline` to build on instead of a new one.
 
     Returns:
@@ -358,7 +406,8 @@ def run(argv=None, test_pipeline=None):
         FileNotFoundError: a missing source file or directory.
         RuntimeError: the pipeline did not finish.
     """
-    args, beam_args = build_arg_parser().parse_known_args(argv)
+    args = as_options(options, MakeTFRecordsOptions, parse_options)
+    beam_args = args.beam_args
     if "://" in args.output_dir:
         raise ValueError(
             "--output-dir must be a local or mounted shared path: the "
@@ -431,7 +480,7 @@ def main(argv=None):
     """Command-line entry point; returns the exit code (2: bad input)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        run(argv)
+        run(parse_options(argv))
     except (ValueError, FileNotFoundError) as e:
         log.error("%s", e)
         return 2

@@ -1,4 +1,4 @@
-"""Beam pipeline options shared by the jobs.
+"""What the Beam jobs share: runner options and their typed interface.
 
 `pipeline_options(beam_args)` turns a job's leftover flags into
 `PipelineOptions`, with the in-process `FnApiRunner` when no `--runner` is
@@ -6,7 +6,15 @@ given: Beam 2.77's DirectRunner first tries PrismRunner, which downloads a
 binary from GitHub (impossible offline) and ignores `--direct_running_mode`;
 FnApiRunner is the local runner DirectRunner falls back to, and it honours
 `--direct_num_workers=N --direct_running_mode=multi_processing`.
+
+Every job has a typed entry point `run(options: <Job>Options) ->
+<Job>Result` (frozen dataclasses; the pipeline's stages call it) and a
+`main(argv)` that parses the command line into the options and calls it.
+`options_from_argv` is that parsing for parsers whose destinations are
+the options' field names.
 """
+
+import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -20,3 +28,52 @@ def pipeline_options(beam_args):
                for a in beam_args):
         beam_args.append(f"--runner={DEFAULT_RUNNER}")
     return PipelineOptions(beam_args)
+
+
+def options_from_argv(parse_args, options_type, argv):
+    """`options_type` of a command line.
+
+    Args:
+        parse_args: `argv -> (argparse.Namespace, Beam args)`, the job's
+            `parse_known_args`; each destination is a field of
+            `options_type`.
+        options_type: the job's frozen options dataclass, with a
+            `beam_args` field for the flags the job does not know.
+        argv: the command line (None: `sys.argv[1:]`).
+    """
+    args, beam_args = parse_args(argv)
+    return options_type(**vars(args), beam_args=tuple(beam_args))
+
+
+def as_options(options, options_type, parse_options):
+    """`options` itself, or parsed when a caller still passes a command line.
+
+    `run()` took argv before it took options; a list of strings is parsed
+    with `parse_options` so such callers keep working.
+
+    Raises:
+        TypeError: neither `options_type` nor a list of strings.
+    """
+    if isinstance(options, options_type):
+        return options
+    if isinstance(options, (list, tuple)) and all(
+        isinstance(a, str) for a in options
+    ):
+        return parse_options(list(options))
+    raise TypeError(
+        f"run() takes {options_type.__name__} (main() parses a command "
+        f"line). Received: {type(options).__name__}"
+    )
+
+
+class ResultItems:
+    """`result["name"]` reads `result.name`.
+
+    For callers written when the job returned a dict; new code reads the
+    attributes.
+    """
+
+    def __getitem__(self, name):
+        if name not in {f.name for f in dataclasses.fields(self)}:
+            raise KeyError(name)
+        return getattr(self, name)

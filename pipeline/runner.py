@@ -4,7 +4,9 @@
 
 Each stage is a function with declared inputs and outputs (see
 `pipeline.stages`), writes under `runs/<name>/<stage>/` with a manifest,
-and is skipped when its configuration and inputs are unchanged:
+and is skipped when its configuration, its inputs, the shrewd-tf version
+and the source of the code it runs are unchanged. The Beam stages call
+each job's typed `run(<Job>Options(...))`:
 
 * example_gen: `pipeline.make_tfrecords` (Beam) -> `tfrecords/`.
 * semantics: class distances (`pipeline.label_distances`, Beam) for
@@ -23,7 +25,6 @@ Beam stages get `pipeline.beam_options`, so the same config runs on
 Dataflow/Flink/Spark by changing that list.
 """
 
-import dataclasses
 import logging
 import os
 
@@ -51,16 +52,16 @@ def example_gen(context):
     from pipeline import make_tfrecords
 
     cfg = context.config
-    argv = ["--source", cfg["source"],
-            "--output-dir", os.path.join(context.directory, "tfrecords"),
-            "--records-per-shard", str(cfg["records_per_shard"])]
-    if cfg.get("data_dir"):
-        argv += ["--data-dir", cfg["data_dir"]]
-    if cfg.get("image_size"):
-        argv += ["--image-size", ",".join(str(v) for v in cfg["image_size"])]
-    if cfg.get("limit"):
-        argv += ["--limit", str(cfg["limit"])]
-    result = make_tfrecords.run(argv + list(cfg["beam_options"]))
+    image_size = cfg.get("image_size")
+    result = make_tfrecords.run(make_tfrecords.MakeTFRecordsOptions(
+        source=cfg["source"],
+        output_dir=os.path.join(context.directory, "tfrecords"),
+        data_dir=cfg.get("data_dir") or None,
+        image_size=tuple(image_size) if image_size else None,
+        records_per_shard=cfg["records_per_shard"],
+        limit=cfg.get("limit") or None,
+        beam_args=tuple(cfg["beam_options"]),
+    ))
     return StageResult(
         outputs={"tfrecord_dir": result.output_dir,
                  "dead_letter_files": list(result.dead_letter_files)},
@@ -72,38 +73,40 @@ def semantics(context):
     """Class distances (wup/lcs/bert) or caption embeddings (captions)."""
     cfg = context.config
     tfrecord_dir = context.inputs["example_gen"].outputs["tfrecord_dir"]
-    beam_options = list(cfg["beam_options"])
-    encoder = ["--text-encoder", cfg["text_encoder"]] if cfg.get("text_encoder") else []
+    beam_args = tuple(cfg["beam_options"])
+    text_encoder = cfg.get("text_encoder") or None
     if cfg["kind"] == EMBEDDING_SEMANTICS:
         from pipeline import embed_captions
 
-        result = embed_captions.run(
-            ["--input-dir", tfrecord_dir,
-             "--output-dir", os.path.join(context.directory, "tfrecords")]
-            + encoder + beam_options
-        )
+        result = embed_captions.run(embed_captions.EmbedCaptionsOptions(
+            input_dir=tfrecord_dir,
+            output_dir=os.path.join(context.directory, "tfrecords"),
+            text_encoder=text_encoder,
+            beam_args=beam_args,
+        ))
         return StageResult(
-            outputs={"tfrecord_dir": result["output_dir"],
+            outputs={"tfrecord_dir": result.output_dir,
                      "class_distances": None},
-            metrics={"records": result["splits"],
-                     "dead_letters": result["dead_letters"],
-                     "embedding_dim": result["embedding_dim"]},
+            metrics={"records": result.splits,
+                     "dead_letters": result.dead_letters,
+                     "embedding_dim": result.embedding_dim},
         )
     from pipeline import label_distances
 
-    argv = ["--kind", cfg["kind"],
-            "--output", os.path.join(context.directory, "class_distances"),
-            "--tfrecord-dir", tfrecord_dir]
-    if cfg.get("hierarchy_file"):
-        argv += ["--hierarchy-file", cfg["hierarchy_file"]]
-    if cfg.get("class_names_file"):
-        argv += ["--class-ids-file", cfg["class_names_file"]]
-    result = label_distances.run(argv + encoder + beam_options)
-    matrix = np.load(result["matrix_path"])
+    result = label_distances.run(label_distances.LabelDistancesOptions(
+        kind=cfg["kind"],
+        output=os.path.join(context.directory, "class_distances"),
+        tfrecord_dir=tfrecord_dir,
+        hierarchy_file=cfg.get("hierarchy_file") or None,
+        class_ids_file=cfg.get("class_names_file") or None,
+        text_encoder=text_encoder,
+        beam_args=beam_args,
+    ))
+    matrix = np.load(result.matrix_path)
     return StageResult(
         outputs={"tfrecord_dir": tfrecord_dir,
-                 "class_distances": result["matrix_path"]},
-        metrics={"num_classes": int(result["num_classes"]),
+                 "class_distances": result.matrix_path},
+        metrics={"num_classes": int(result.num_classes),
                  "mean_distance": float(matrix[np.triu_indices(len(matrix), 1)].mean())
                  if len(matrix) > 1 else 0.0},
     )
@@ -196,8 +199,7 @@ def exporter(context):
 
 def index_builder(context):
     """The database split encoded with the export, indexed (Beam)."""
-    from shrewd_tf.retrieval import builder as index_builder_lib
-
+    from pipeline import build_index
     from shrewd_tf.data import records as data
 
     cfg = context.config
@@ -205,31 +207,35 @@ def index_builder(context):
     # The database images as files, for the web page (--image-root).
     image_root = os.path.join(context.directory, "images")
     data.write_image_files(tfrecord_dir, cfg["database_split"], image_root)
-    result = index_builder_lib.build_index_from_tfrecords(
-        tfrecord_dir,
-        context.inputs["exporter"].outputs["saved_model"],
-        context.directory,
+    result = build_index.run(build_index.BuildIndexOptions(
+        tfrecord_dir=tfrecord_dir,
+        saved_model=context.inputs["exporter"].outputs["saved_model"],
+        output_dir=context.directory,
         split=cfg["database_split"],
         kinds=tuple(cfg["index_kinds"]),
         binary_method=cfg["binary_method"],
         image_uri_prefix="{id}.png",
-        pipeline_args=tuple(cfg["beam_options"]),
-    )
-    outputs = {kind: os.path.join(context.directory, kind) for kind in cfg["index_kinds"]}
+        beam_args=tuple(cfg["beam_options"]),
+    ))
+    outputs = dict(result.index_dirs)
     outputs["codes"] = os.path.join(context.directory, "codes")
     outputs["image_root"] = image_root
-    metrics = {}
-    if dataclasses.is_dataclass(result):
-        metrics = {k: v for k, v in dataclasses.asdict(result).items()
-                   if isinstance(v, (int, float, dict))}
-    return StageResult(outputs=outputs, metrics=metrics)
+    return StageResult(
+        outputs=outputs,
+        metrics={"num_codes": result.num_codes, "code_dim": result.code_dim,
+                 "dead_letters": result.dead_letters},
+    )
 
 
 # === The chain ===
 
 
 def make_stages(experiment, pipeline):
-    """The six stages with their configuration slices."""
+    """The six stages with their configuration slices.
+
+    Each stage's `code` names the modules its function imports; their
+    source (and what they import) is part of its cache fingerprint.
+    """
     data = experiment.data
     beam = list(pipeline.beam_options)
     source = {
@@ -251,20 +257,28 @@ def make_stages(experiment, pipeline):
     trainer_cfg = {"experiment": experiment_dict,
                    "configurations": list(pipeline.configurations)}
     return [
-        Stage("example_gen", example_gen, config=source),
-        Stage("semantics", semantics, inputs=("example_gen",), config=semantics_cfg),
-        Stage("trainer", trainer, inputs=("semantics",), config=trainer_cfg),
+        Stage("example_gen", example_gen, config=source,
+              code=("pipeline.make_tfrecords",)),
+        Stage("semantics", semantics, inputs=("example_gen",),
+              config=semantics_cfg,
+              code=("pipeline.embed_captions", "pipeline.label_distances")),
+        Stage("trainer", trainer, inputs=("semantics",), config=trainer_cfg,
+              code=("shrewd_tf.config", "shrewd_tf.training.trainer")),
         Stage("evaluator", evaluator, inputs=("trainer",),
-              config={"k": pipeline.k, "name": experiment.name}),
+              config={"k": pipeline.k, "name": experiment.name},
+              code=("shrewd_tf.evaluation.evaluate",
+                    "shrewd_tf.evaluation.report")),
         Stage("exporter", exporter, inputs=("trainer",),
               config={"model_name": pipeline.model_name,
-                      "configurations": list(pipeline.configurations)}),
+                      "configurations": list(pipeline.configurations)},
+              code=("shrewd_tf.export.saved_model",)),
         Stage("index_builder", index_builder,
               inputs=("semantics", "exporter"),
               config={"database_split": pipeline.database_split,
                       "index_kinds": list(pipeline.index_kinds),
                       "binary_method": pipeline.binary_method,
-                      "beam_options": beam}),
+                      "beam_options": beam},
+              code=("pipeline.build_index", "shrewd_tf.data.records")),
     ]
 
 

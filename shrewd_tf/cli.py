@@ -106,19 +106,19 @@ def _zero_shot(args):
 
 
 def _demo(args):
-    from shrewd_tf import demo
+    from pipeline import demo
 
     logging.getLogger().setLevel(logging.INFO)
     return demo.run(args.runs_dir, quick=args.quick)
 
 
 def _index_build(args):
-    from shrewd_tf.retrieval import builder as index_builder
+    from pipeline import build_index
+    from pipeline import build_index_options
 
     logging.getLogger().setLevel(logging.INFO)
     try:
-        result = index_builder.build_index_from_tfrecords(
-            **index_builder.build_kwargs(args))
+        result = build_index.run(build_index_options.options_from_args(args))
     except (FileNotFoundError, KeyError, ValueError) as error:
         print(f"shrewd index build: error: {error}", file=sys.stderr)
         return 1
@@ -342,9 +342,9 @@ def build_parser():
             "indexes under --output-dir."
         ),
     )
-    from shrewd_tf.retrieval import builder as index_builder
+    from pipeline import build_index_options
 
-    index_builder.add_build_arguments(index_build, beam_options=True)
+    build_index_options.add_arguments(index_build, beam_options=True)
     index_build.set_defaults(run=_index_build)
 
     demo = commands.add_parser(

@@ -1,13 +1,13 @@
-"""Building the retrieval indexes of a database: from codes or from images.
+"""Building the retrieval indexes of a database from its codes.
 
 `build_indexes` builds a `BinaryHammingIndex` and/or a `ScannIndex` over
 float codes, attaches the metadata table and saves each into its own
 folder of `output_dir` (each save is atomic, see `shrewd_tf.retrieval.base`).
-`build_index_from_tfrecords` is `shrewd index build`: it encodes one split
-of a TFRecord directory with an exported SavedModel in a Beam job
-(`pipeline.build_index`, DirectRunner by default) and builds the indexes
-from the codes; `build_index_from_codes` rebuilds them from the codes a
-previous job wrote, without encoding again.
+`build_index_from_codes` rebuilds them from the codes shards a previous
+encoding job wrote, without encoding again. Encoding a TFRecord split with
+a SavedModel is the Beam job `pipeline.build_index` (`shrewd index build`),
+which writes the codes shards with `code_example` and then calls
+`build_indexes`; this module knows nothing of Beam.
 
 Output layout of `output_dir`:
 
@@ -24,8 +24,8 @@ the same codes gives the same index whatever order the job wrote them in.
 The metadata table holds label, label_name, caption and image_uri per id.
 
 Example:
-    build_index_from_tfrecords("data/fmnist", "exports/shrewd",
-                               "indexes/fmnist", kinds=("binary",))
+    build_index_from_codes("indexes/fmnist/codes", "indexes/fmnist",
+                           kinds=("binary",))
     index = load_index("indexes/fmnist/binary")
 """
 
@@ -36,7 +36,7 @@ import os
 
 import numpy as np
 
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval.files import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
@@ -193,10 +193,14 @@ def new_indexes(
     Raises:
         ValueError: on bad kinds or index parameters, quoting them.
     """
+    # The implementations import faiss and ScaNN: only when building.
+    from shrewd_tf.retrieval.hamming_index import BinaryHammingIndex
+    from shrewd_tf.retrieval.scann_index import ScannIndex
+
     indexes = {}
     kinds = parse_kinds(kinds)
     if "binary" in kinds:
-        indexes["binary"] = index_lib.BinaryHammingIndex(
+        indexes["binary"] = BinaryHammingIndex(
             code_bits=code_bits,
             method=binary_method,
             rerank=rerank,
@@ -204,7 +208,7 @@ def new_indexes(
             **(binary_params or {}),
         )
     if "scann" in kinds:
-        indexes["scann"] = index_lib.ScannIndex(
+        indexes["scann"] = ScannIndex(
             num_threads=num_threads, **(scann_params or {})
         )
     return indexes
@@ -284,7 +288,7 @@ def build_indexes(
         for kind in INDEX_KINDS
         if kind not in kinds
         and os.path.exists(
-            os.path.join(output_dir, kind, index_lib.MANIFEST_FILE)
+            os.path.join(output_dir, kind, MANIFEST_FILE)
         )
     ]
     if stale:
@@ -310,179 +314,3 @@ def build_index_from_codes(codes_dir, output_dir, **kwargs):
     """
     ids, codes, metadata = read_codes(codes_dir)
     return build_indexes(codes, ids, output_dir, metadata=metadata, **kwargs)
-
-
-def build_index_from_tfrecords(
-    tfrecord_dir,
-    saved_model,
-    output_dir,
-    split="test",
-    kinds=INDEX_KINDS,
-    binary_method="flat",
-    rerank=True,
-    binary_params=None,
-    scann_params=None,
-    num_threads=1,
-    signature="serving_default",
-    output_key="code",
-    batch_size=256,
-    image_uri_prefix="",
-    codes_shards=0,
-    pipeline_args=("--runner=DirectRunner",),
-):
-    """`shrewd index build`: encode a split with a SavedModel, then index it.
-
-    Runs the Beam job `pipeline.build_index` (DirectRunner unless
-    `pipeline_args` say otherwise, e.g. "--direct_num_workers=2",
-    "--direct_running_mode=multi_processing").
-
-    Args:
-        tfrecord_dir: a TFRecord directory (dataset_info.json + shards).
-        saved_model: a SavedModel version directory, or a model directory
-            (its highest integer version is used).
-        output_dir: gets `binary/`, `scann/` and `codes/`.
-        split: the split that is the database.
-        kinds, binary_method, rerank, binary_params, scann_params,
-            num_threads: see `build_indexes`.
-        signature: SavedModel signature taking encoded images tf.string [N].
-        output_key: its output holding float codes [N, d].
-        batch_size: images per signature call (at most).
-        image_uri_prefix: prepended to record ids to make image_uri, or a
-            template with "{id}" ("images/{id}.png").
-        codes_shards: codes shards to write (0: the runner chooses).
-        pipeline_args: Beam pipeline flags.
-
-    Returns:
-        `pipeline.build_index.BuildIndexResult`.
-    """
-    from pipeline import build_index
-
-    return build_index.build(
-        tfrecord_dir=tfrecord_dir,
-        saved_model=saved_model,
-        output_dir=output_dir,
-        split=split,
-        kinds=kinds,
-        binary_method=binary_method,
-        rerank=rerank,
-        binary_params=binary_params,
-        scann_params=scann_params,
-        num_threads=num_threads,
-        signature=signature,
-        output_key=output_key,
-        batch_size=batch_size,
-        image_uri_prefix=image_uri_prefix,
-        codes_shards=codes_shards,
-        pipeline_args=list(pipeline_args),
-    )
-
-
-# === Command-line flags (the job and `shrewd index build`) ===
-
-_BINARY_FLAGS = (
-    "nlist", "nprobe", "nhash", "nflip", "M", "ef_construction", "ef_search",
-    "rerank_candidates",
-)
-_SCANN_FLAGS = (
-    "num_leaves", "num_leaves_to_search", "reorder_k", "dimensions_per_block",
-    "training_sample_size",
-)
-
-
-def add_build_arguments(parser, beam_options=False):
-    """Adds the index-build flags to an `argparse` parser.
-
-    Args:
-        parser: an `argparse.ArgumentParser` (or subcommand parser).
-        beam_options: also add a repeatable `--beam-option FLAG` for
-            parsers that do not pass unknown flags through to Beam (the
-            `shrewd` CLI), e.g. `--beam-option=--direct_num_workers=2`.
-
-    Returns:
-        `parser`.
-    """
-    def flag(name, *args, **kwargs):
-        # --dash-names, with --underscore_names as Beam spells its own.
-        names = {f"--{name.replace('_', '-')}", f"--{name}"}
-        parser_or_group = kwargs.pop("group", parser)
-        parser_or_group.add_argument(*sorted(names), *args, **kwargs)
-
-    flag("tfrecord_dir", required=True,
-         help="TFRecord directory (dataset_info.json and shards)")
-    flag("split", default="test", help="the split that is the database")
-    flag("saved_model", required=True,
-         help="SavedModel version directory, or a model directory (its "
-         "highest integer version)")
-    flag("output_dir", required=True, help="gets binary/, scann/, codes/")
-    flag("index", default="both", choices=("both",) + INDEX_KINDS)
-    flag("signature", default="serving_default",
-         help="signature taking encoded images tf.string [N]")
-    flag("output_key", default="code", help="its output with float codes")
-    flag("batch_size", type=int, default=256, help="images per call")
-    flag("image_uri_prefix", default="",
-         help="prepended to record ids to make image_uri, or a template "
-              "with {id}, e.g. images/{id}.png")
-    flag("codes_shards", type=int, default=0,
-         help="codes shards (0: the runner chooses)")
-    flag("num_threads", type=int, default=1, help="faiss / ScaNN threads")
-    binary = parser.add_argument_group("binary (Hamming) index")
-    flag("binary_method", default="flat",
-         choices=("flat", "mih", "ivf", "hnsw"), group=binary)
-    flag("no_rerank", dest="rerank", action="store_false", group=binary,
-         help="Hamming distances only (no float L1 re-ranking)")
-    for name in _BINARY_FLAGS:
-        flag(name, type=int, dest=f"binary_{name}", group=binary)
-    scann = parser.add_argument_group("ScaNN index")
-    flag("scann_distance", default="squared_l2",
-         choices=("squared_l2", "dot_product"), group=scann)
-    flag("scann_brute_force", action="store_true", group=scann)
-    for name in _SCANN_FLAGS:
-        flag(f"scann_{name}", type=int, group=scann)
-    if beam_options:
-        parser.add_argument(
-            "--beam-option", action="append", default=[],
-            dest="beam_options", metavar="FLAG",
-            help="a Beam pipeline flag, repeatable "
-            "(--beam-option=--direct_num_workers=2)",
-        )
-    return parser
-
-
-def build_kwargs(args):
-    """`build_index_from_tfrecords` arguments from `add_build_arguments`.
-
-    Unset method flags are left out, so the index defaults apply; a flag
-    the chosen method does not take raises ValueError at the build.
-    """
-    kwargs = {
-        "tfrecord_dir": args.tfrecord_dir,
-        "saved_model": args.saved_model,
-        "output_dir": args.output_dir,
-        "split": args.split,
-        "kinds": args.index,
-        "binary_method": args.binary_method,
-        "rerank": args.rerank,
-        "binary_params": {
-            name: getattr(args, f"binary_{name}")
-            for name in _BINARY_FLAGS
-            if getattr(args, f"binary_{name}") is not None
-        },
-        "scann_params": {
-            "distance": args.scann_distance,
-            "brute_force": args.scann_brute_force,
-            **{
-                name: getattr(args, f"scann_{name}")
-                for name in _SCANN_FLAGS
-                if getattr(args, f"scann_{name}") is not None
-            },
-        },
-        "num_threads": args.num_threads,
-        "signature": args.signature,
-        "output_key": args.output_key,
-        "batch_size": args.batch_size,
-        "image_uri_prefix": args.image_uri_prefix,
-        "codes_shards": args.codes_shards,
-    }
-    if getattr(args, "beam_options", None):
-        kwargs["pipeline_args"] = ["--runner=DirectRunner", *args.beam_options]
-    return kwargs

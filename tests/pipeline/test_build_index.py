@@ -1,8 +1,11 @@
 """The build_index job: codes, dead letters, indexes and atomic output."""
 
 import glob
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,6 +16,7 @@ from pipeline.dead_letters import read_dead_letters
 from shrewd_tf.data import records as data
 from shrewd_tf.retrieval import base as index_lib
 from shrewd_tf.retrieval import builder as index_builder
+from tests.paths import REPO_ROOT
 from tests.support import encoders as encoder_fixtures
 
 NUM_GOOD = 100
@@ -55,9 +59,13 @@ def _argv(inputs, output_dir, *extra):
         "--saved-model", inputs["model_dir"],
         "--output-dir", output_dir,
         "--batch-size", "32",
-        "--runner=DirectRunner",
         *extra,
     ]
+
+
+def _run(argv):
+    """The job on a command line, as `main` runs it (minus the printing)."""
+    return build_index.run(build_index.parse_options(argv))
 
 
 def _hamming(queries, database):
@@ -82,7 +90,7 @@ def _check_hamming_search(index, database_ids, database, queries, k):
 @pytest.fixture(scope="module")
 def built(inputs, tmp_path_factory):
     output_dir = str(tmp_path_factory.mktemp("out") / "index")
-    result = build_index.run(
+    result = _run(
         _argv(inputs, output_dir, "--no-rerank", "--scann-brute-force")
     )
     return output_dir, result
@@ -181,7 +189,7 @@ def test_failure_after_the_pipeline_keeps_the_previous_output(
     }
     # nlist > N fails after the pipeline, at the index build.
     with pytest.raises(ValueError, match="nlist=1000"):
-        build_index.run(
+        _run(
             _argv(inputs, output_dir, "--index", "binary",
                   "--binary-method", "ivf", "--nlist", "1000")
         )
@@ -202,9 +210,9 @@ def test_multiprocess_direct_runner_replaces_the_output(
     old_manifest = index_builder.read_codes_info(
         os.path.join(output_dir, "codes")
     )
-    result = build_index.run(
+    result = _run(
         _argv(inputs, output_dir, "--index", "binary",
-              "--direct_num_workers=2",
+              "--runner=DirectRunner", "--direct_num_workers=2",
               "--direct_running_mode=multi_processing")
     )
     assert result.num_codes == NUM_GOOD
@@ -232,14 +240,66 @@ def test_bad_split_signature_and_flags_fail_before_the_pipeline(
 ):
     output_dir = str(tmp_path / "index")
     with pytest.raises(KeyError, match="validation"):
-        build_index.run(_argv(inputs, output_dir, "--split", "validation"))
+        _run(_argv(inputs, output_dir, "--split", "validation"))
     with pytest.raises(ValueError, match="one tf.string input"):
-        build_index.run(_argv(inputs, output_dir, "--signature", "pixels"))
+        _run(_argv(inputs, output_dir, "--signature", "pixels"))
     with pytest.raises(ValueError, match="method='flat': \\['nlist'\\]"):
-        build_index.run(_argv(inputs, output_dir, "--nlist", "4"))
+        _run(_argv(inputs, output_dir, "--nlist", "4"))
     with pytest.raises(ValueError, match="distance='cosine'"):
-        build_index.build(
+        build_index.run(build_index.BuildIndexOptions(
             inputs["tfrecord_dir"], inputs["model_dir"], output_dir,
             scann_params={"distance": "cosine"},
-        )
+        ))
+    with pytest.raises(TypeError, match="BuildIndexOptions"):
+        build_index.run(_argv(inputs, output_dir))
     assert not os.path.exists(output_dir)
+
+
+def test_typed_options_run_the_job(tmp_path, capsys):
+    model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "3"))
+    records = encoder_fixtures.make_records(24, seed=9)
+    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+        str(tmp_path / "tfrecords"), {"test": records}
+    )
+    result = build_index.run(build_index.BuildIndexOptions(
+        tfrecord_dir=tfrecord_dir,
+        saved_model=str(tmp_path / "model"),
+        output_dir=str(tmp_path / "index"),
+        kinds=("binary",),
+        rerank=False,
+        image_uri_prefix="/data/",
+    ))
+    assert result.saved_model_dir == model and result.num_codes == 24
+    index = index_lib.load_index(result.index_dirs["binary"])
+    expected = encoder_fixtures.encode_directly(
+        model, [r.image for r in records]
+    )
+    _check_hamming_search(
+        index, sorted(r.id for r in records),
+        expected[np.argsort([r.id for r in records], kind="stable")],
+        expected, k=5,
+    )
+    assert index.metadata([records[4].id])[0] == {
+        "label": records[4].label,
+        "label_name": records[4].label_name,
+        "caption": records[4].caption,
+        "image_uri": "/data/" + records[4].id,
+    }
+    # main(argv): the same job from its flags, the result printed as JSON.
+    assert build_index.main([
+        "--tfrecord-dir", tfrecord_dir, "--saved-model", model,
+        "--output-dir", str(tmp_path / "again"), "--index", "binary",
+    ]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["num_codes"] == 24
+    assert set(printed["index_dirs"]) == {"binary"}
+
+
+def test_module_runs_as_a_script():
+    completed = subprocess.run(
+        [sys.executable, "-m", "pipeline.build_index", "--help"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert "--tfrecord-dir" in completed.stdout
+    assert "--scann-num-leaves" in completed.stdout

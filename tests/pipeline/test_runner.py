@@ -1,7 +1,10 @@
 """End to end: the whole pipeline on a tiny fake Fashion-MNIST."""
 
+import ast
+import inspect
 import json
 import os
+import textwrap
 
 import matplotlib.image
 import numpy as np
@@ -9,6 +12,7 @@ import pytest
 
 from pipeline import pipeline_config
 from pipeline import runner
+from pipeline import stages as stages_lib
 from shrewd_tf.retrieval import base as index_lib
 from tests.pipeline.test_transforms import write_fake_fashion_mnist
 from tests.paths import REPO_ROOT
@@ -118,3 +122,25 @@ def test_shipped_configs_load_and_make_six_stages(name):
     stages = runner.make_stages(experiment, pipeline)
     assert [s.name for s in stages] == list(STAGES)
     assert experiment.loss.losses in pipeline.configurations
+
+
+def _imported_modules(fn):
+    """First-party modules `fn`'s body imports (`from a import b`: a.b)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(fn)))
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+    return {n for n in names if n.split(".")[0] in stages_lib.FIRST_PARTY}
+
+
+def test_each_stage_fingerprints_the_code_it_imports():
+    path = os.path.join(REPO_ROOT, "configs", "fashion_mnist.yaml")
+    stages = runner.make_stages(*pipeline_config.load(path))
+    for stage in stages:
+        imported = _imported_modules(stage.fn)
+        assert imported, stage.name
+        _, covered = stages_lib.source_digest(tuple(sorted(stage.code)))
+        assert imported <= set(covered), (stage.name, imported - set(covered))

@@ -51,7 +51,7 @@ def test_help_is_fast_and_imports_no_tensorflow():
         "    cli.main(['--help'])\n"
         "except SystemExit as e:\n"
         "    assert e.code == 0\n"
-        "heavy = ('tensorflow', 'keras', 'nltk')\n"
+        "heavy = ('tensorflow', 'keras', 'nltk', 'apache_beam')\n"
         "print('HEAVY', [m for m in heavy if m in sys.modules])\n"
     )
     result = subprocess.run(
@@ -119,6 +119,25 @@ def test_demo_quick_runs_every_pipeline_stage(tmp_path, capsys):
     # 1024 training images, one epoch: well above the random-code level
     # (about 0.74 mAHP on Fashion-MNIST's WUP distances).
     assert metrics["SIM-KL-CLASS"]["mahp_float"] > 0.8
+
+
+def test_index_build_runs_the_beam_job(tmp_path, capsys):
+    from tests.support import encoders as encoder_fixtures
+
+    model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "1"))
+    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+        str(tmp_path / "tfrecords"),
+        {"test": encoder_fixtures.make_records(16, seed=3)},
+    )
+    argv = ["index", "build", "--tfrecord-dir", tfrecord_dir,
+            "--saved-model", model, "--output-dir", str(tmp_path / "index"),
+            "--index", "binary", "--beam-option=--direct_num_workers=1"]
+    assert cli.main(argv) == 0
+    binary = tmp_path / "index" / "binary"
+    assert capsys.readouterr().out.strip() == f"binary: {binary}"
+    assert (binary / "manifest.json").exists()
+    assert cli.main(argv + ["--split", "nope"]) == 1
+    assert "shrewd index build: error:" in capsys.readouterr().err
 
 
 def test_set_needs_key_value(tmp_path):

@@ -1,4 +1,4 @@
-"""index_builder: indexes from codes, the codes files, the CLI function."""
+"""index_builder: indexes from codes and the codes files."""
 
 import os
 
@@ -149,35 +149,3 @@ def test_read_codes_rejects_missing_and_ragged_codes(tmp_path):
         writer.write(index_builder.code_example("b", np.zeros(8), row))
     with pytest.raises(ValueError, match="16 values"):
         index_builder.read_codes(str(tmp_path))
-
-
-def test_build_index_from_tfrecords_runs_the_job(tmp_path):
-    from tests.support import encoders as encoder_fixtures
-
-    model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "3"))
-    records = encoder_fixtures.make_records(24, seed=9)
-    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
-        str(tmp_path / "tfrecords"), {"test": records}
-    )
-    result = index_builder.build_index_from_tfrecords(
-        tfrecord_dir,
-        str(tmp_path / "model"),
-        str(tmp_path / "index"),
-        kinds=("binary",),
-        rerank=False,
-        image_uri_prefix="/data/",
-    )
-    assert result.saved_model_dir == model and result.num_codes == 24
-    index = index_lib.load_index(result.index_dirs["binary"])
-    expected = encoder_fixtures.encode_directly(
-        model, [r.image for r in records]
-    )
-    _, found = index.search(expected, 5)
-    reference = _brute_force_hamming(expected, expected)
-    np.testing.assert_array_equal(found, np.sort(reference, 1)[:, :5])
-    assert index.metadata([records[4].id])[0] == {
-        "label": records[4].label,
-        "label_name": records[4].label_name,
-        "caption": records[4].caption,
-        "image_uri": "/data/" + records[4].id,
-    }

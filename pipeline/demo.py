@@ -2,7 +2,7 @@
 
 Fashion-MNIST ships with Debian (`dataset-fashion-mnist`), so the demo needs
 no download. It runs `shrewd pipeline run --config configs/fashion_mnist.yaml`
-(see `pipeline.runner`): TFRecords (Beam), 1 - WUP class distances (Beam),
+(`pipeline.runner`): TFRecords (Beam), 1 - WUP class distances (Beam),
 the configurations of the config's `pipeline:` section trained with
 model.fit, the evaluation report with plots, a TF-Serving export and the
 binary + ScaNN indexes of the 10k test images, then prints where the report
@@ -10,13 +10,11 @@ is and the command that serves the index. Stages already done are reused.
 `--quick` runs the same stages on a small subset with a tiny encoder (CI).
 """
 
-import os
 import time
 
-DEMO_CONFIG = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-    "configs", "fashion_mnist.yaml",
-)
+from pipeline import runner
+
+DEMO_CONFIG = runner.DEFAULT_CONFIG
 
 QUICK_OVERRIDES = {
     "name": "fashion_mnist_quick",
@@ -34,8 +32,6 @@ QUICK_OVERRIDES = {
 
 def run(runs_dir="runs", quick=False, config_path=DEMO_CONFIG):
     """Runs the demo pipeline; returns 0."""
-    from pipeline import runner
-
     overrides = dict(QUICK_OVERRIDES) if quick else {}
     overrides["pipeline.runs_dir"] = runs_dir
     start = time.perf_counter()

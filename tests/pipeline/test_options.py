@@ -1,0 +1,85 @@
+"""The jobs' shared options: Beam runner default and typed entry points."""
+
+import dataclasses
+
+import pytest
+
+from pipeline import build_index
+from pipeline import embed_captions
+from pipeline import label_distances
+from pipeline import make_tfrecords
+from pipeline import options as options_lib
+
+# Each job's options type with the least command line that builds it.
+JOBS = {
+    "make_tfrecords": (
+        make_tfrecords, make_tfrecords.MakeTFRecordsOptions,
+        {"source": "fashion_mnist", "output_dir": "out"},
+        ["--source", "fashion_mnist", "--output-dir", "out"]),
+    "embed_captions": (
+        embed_captions, embed_captions.EmbedCaptionsOptions,
+        {"input_dir": "in", "output_dir": "out"},
+        ["--input-dir", "in", "--output-dir", "out"]),
+    "label_distances": (
+        label_distances, label_distances.LabelDistancesOptions,
+        {"kind": "wup", "output": "out", "dataset": "cifar100"},
+        ["--kind", "wup", "--output", "out", "--dataset", "cifar100"]),
+    "build_index": (
+        build_index, build_index.BuildIndexOptions,
+        {"tfrecord_dir": "in", "saved_model": "m", "output_dir": "out",
+         # The flags always name the ScaNN distance (its default).
+         "scann_params": {"distance": "squared_l2", "brute_force": False}},
+        ["--tfrecord-dir", "in", "--saved-model", "m", "--output-dir", "out"]),
+}
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_flag_defaults_are_the_options_defaults(job):
+    module, options_type, required, argv = JOBS[job]
+    parsed = module.parse_options(argv + ["--direct_num_workers=2"])
+    assert isinstance(parsed, options_type)
+    expected = options_type(**required, beam_args=("--direct_num_workers=2",))
+    assert parsed == expected
+    assert dataclasses.is_dataclass(options_type)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        parsed.beam_args = ()
+
+
+@pytest.mark.parametrize("job", sorted(JOBS))
+def test_run_refuses_what_is_not_its_options(job):
+    module = JOBS[job][0]
+    with pytest.raises(TypeError, match="Options"):
+        module.run({"output_dir": "out"})
+
+
+def test_as_options_parses_a_legacy_command_line():
+    options = options_lib.as_options(
+        ["--input-dir", "in", "--output-dir", "out"],
+        embed_captions.EmbedCaptionsOptions,
+        embed_captions.parse_options,
+    )
+    assert options == embed_captions.EmbedCaptionsOptions("in", "out")
+
+
+def test_results_read_as_attributes_and_items():
+    result = label_distances.LabelDistancesResult("m.npy", "m.json", "wup", 3)
+    assert result["num_classes"] == result.num_classes == 3
+    with pytest.raises(KeyError):
+        result["nope"]
+
+
+def test_pipeline_options_default_to_the_in_process_runner():
+    options = options_lib.pipeline_options([]).get_all_options()
+    assert options["runner"] == options_lib.DEFAULT_RUNNER
+    options = options_lib.pipeline_options(
+        ["--runner=DirectRunner"]).get_all_options()
+    assert options["runner"] == "DirectRunner"
+
+
+def test_build_index_options_normalise_kinds():
+    options = build_index.BuildIndexOptions("in", "m", "out", kinds="both")
+    assert options.kinds == ("binary", "scann")
+    assert build_index.BuildIndexOptions("in", "m", "out",
+                                         kinds="binary").kinds == ("binary",)
+    with pytest.raises(ValueError, match="kinds"):
+        build_index.BuildIndexOptions("in", "m", "out", kinds="faiss")
