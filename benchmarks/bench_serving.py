@@ -194,7 +194,7 @@ def main(argv=None):
     thread_counts = [int(t) for t in args.threads.split(",")]
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from shrewd_tf.retrieval.base import BinaryHammingIndex
+    from shrewd_tf.retrieval import BinaryHammingIndex
     from serving.retrieval import _metadata_rows
 
     rng = np.random.default_rng(0)

@@ -1,27 +1,33 @@
 """Retrieval indexes over codes: the interface and registry (`base`), the
 binary Hamming index on faiss (`hamming_index`), ScaNN (`scann_index`),
-their checksummed files (`files`) and building them from a model's codes
+array checks (`arrays`), the metadata table (`metadata`), their
+checksummed files (`files`) and building them from a model's codes
 (`builder`).
 
     from shrewd_tf import retrieval
     index = retrieval.BinaryHammingIndex(64).build(codes, ids)
-    retrieval.load_index("indexes/fmnist")
+    index = retrieval.build_index("binary", codes, ids)
+    retrieval.load_index("indexes/fmnist/binary")
+
+The index classes are imported on first use (faiss, ScaNN), through the
+registry of `base`: `retrieval.ScannIndex is
+retrieval.index_class("scann")`.
 """
 
+from shrewd_tf import contract
 from shrewd_tf.retrieval.base import *  # noqa: F401,F403 (base.__all__)
 from shrewd_tf.retrieval.base import __all__ as _BASE_ALL
+from shrewd_tf.retrieval.base import index_class
 
-__all__ = [*_BASE_ALL, "BinaryHammingIndex", "ScannIndex"]
+_CLASS_KINDS = {
+    kind.class_name: kind.name for kind in contract.INDEX_KIND_TABLE
+}
+
+__all__ = [*_BASE_ALL, *_CLASS_KINDS]
 
 
 def __getattr__(name):
-    """The index classes, imported on first use (faiss, ScaNN)."""
-    if name == "BinaryHammingIndex":
-        from shrewd_tf.retrieval.hamming_index import BinaryHammingIndex
-
-        return BinaryHammingIndex
-    if name == "ScannIndex":
-        from shrewd_tf.retrieval.scann_index import ScannIndex
-
-        return ScannIndex
+    """The index classes by name, imported on first use."""
+    if name in _CLASS_KINDS:
+        return index_class(_CLASS_KINDS[name])
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -28,6 +28,10 @@ import uuid
 
 import numpy as np
 
+from shrewd_tf.io import fsync_path
+from shrewd_tf.io import fsync_tree
+from shrewd_tf.io import write_json_atomically
+
 FORMAT_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 METADATA_FILE = "metadata.jsonl"
@@ -64,8 +68,9 @@ def save_index_files(directory, write_data, manifest):
     os.mkdir(data_dir)
     try:
         write_data(data_dir)
+        fsync_tree(data_dir)
         files = _describe_files(data_dir)
-        _fsync(directory)  # The new data folder's entry is durable.
+        fsync_path(directory)  # The new data folder's entry is durable.
         manifest = {
             "format_version": FORMAT_VERSION,
             **manifest,
@@ -73,11 +78,15 @@ def save_index_files(directory, write_data, manifest):
             "files": files,
         }
         # The commit point: before it the old manifest and data stand.
-        _replace_json(os.path.join(directory, MANIFEST_FILE), manifest)
+        write_json_atomically(
+            os.path.join(directory, MANIFEST_FILE),
+            manifest,
+            indent=1,
+            allow_nan=False,
+        )
     except BaseException:
         shutil.rmtree(data_dir, ignore_errors=True)
         raise
-    _fsync(directory)
     for name in os.listdir(directory):
         path = os.path.join(directory, name)
         if (
@@ -184,39 +193,14 @@ def _sha256(path):
     return digest.hexdigest()
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _describe_files(data_dir):
-    """Fsyncs every file under `data_dir`; returns {relpath: size, sha256}."""
+    """Returns {relpath: {bytes, sha256}} of every file under `data_dir`."""
     files = {}
     for root, _, names in os.walk(data_dir):
         for name in sorted(names):
             path = os.path.join(root, name)
-            _fsync(path)
             files[os.path.relpath(path, data_dir)] = {
                 "bytes": os.path.getsize(path),
                 "sha256": _sha256(path),
             }
-        _fsync(root)
     return files
-
-
-def _replace_json(path, value):
-    """Writes JSON to a temp file, fsyncs it, then os.replace()s `path`."""
-    temp = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
-    try:
-        with open(temp, "w") as f:
-            json.dump(value, f, indent=1, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.remove(temp)
-        raise

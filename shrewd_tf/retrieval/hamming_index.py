@@ -1,11 +1,12 @@
 """`BinaryHammingIndex`: k-NN in Hamming distance over packed binary codes.
 
-faiss binary indexes behind the `shrewd_tf.retrieval.base.RetrievalIndex` interface:
-exact `flat` scan (`IndexBinaryFlat`), multi-index hashing `mih`
+faiss binary indexes behind the `shrewd_tf.retrieval.base.RetrievalIndex`
+interface: exact `flat` scan (`IndexBinaryFlat`), multi-index hashing `mih`
 (`IndexBinaryMultiHash`, exact by default), `ivf` (`IndexBinaryIVF`) and
 `hnsw` (`IndexBinaryHNSW`), with optional re-ranking of a Hamming shortlist
 by L1 distance between float codes. Bit, id, padding and file conventions
-are in the `shrewd_tf.retrieval.base` docstring.
+are in the `shrewd_tf.retrieval.base` docstring. Kind "binary"
+(`shrewd_tf.contract`), registered on import.
 
 Threads: faiss runs on `num_threads` OpenMP threads (default 1) set around
 each faiss call and restored after it; on a loaded 2-core machine faiss
@@ -21,13 +22,14 @@ import os
 import faiss
 import numpy as np
 
-from shrewd_tf.retrieval.base import (
-    HAMMING_PAD,
-    RetrievalIndex,
-    _as_codes,
-    _check_positive_int,
-    _pad_columns,
-)
+from shrewd_tf.contract import BINARY_INDEX
+from shrewd_tf.ops.bits import pack_bits
+from shrewd_tf.ops.validation import check_positive_int
+from shrewd_tf.retrieval.arrays import HAMMING_PAD
+from shrewd_tf.retrieval.arrays import as_codes
+from shrewd_tf.retrieval.arrays import pad_columns
+from shrewd_tf.retrieval.base import RetrievalIndex
+from shrewd_tf.retrieval.base import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
 
 # Float scratch per re-ranking chunk ([chunk, candidates, code_bits]).
@@ -61,6 +63,7 @@ _HAMMING_SEARCH_PARAMS = {
 }
 
 
+@register_index
 class BinaryHammingIndex(RetrievalIndex):
     """k-NN in Hamming distance over packed binary codes (faiss).
 
@@ -104,7 +107,7 @@ class BinaryHammingIndex(RetrievalIndex):
         ValueError: on an unknown method or parameter, or bad values.
     """
 
-    index_type = "binary_hamming"
+    kind = BINARY_INDEX
 
     def __init__(
         self,
@@ -116,7 +119,7 @@ class BinaryHammingIndex(RetrievalIndex):
         **params,
     ):
         super().__init__()
-        code_bits = _check_positive_int("code_bits", code_bits)
+        code_bits = check_positive_int("code_bits", code_bits)
         if code_bits % 8:
             raise ValueError(
                 "`code_bits` must be a multiple of 8. "
@@ -136,10 +139,10 @@ class BinaryHammingIndex(RetrievalIndex):
         self.code_bits = code_bits
         self.method = method
         self.rerank = bool(rerank)
-        self.rerank_candidates = _check_positive_int(
+        self.rerank_candidates = check_positive_int(
             "rerank_candidates", rerank_candidates, allow_none=True
         )
-        self.num_threads = _check_positive_int("num_threads", num_threads)
+        self.num_threads = check_positive_int("num_threads", num_threads)
         self.params = self._checked_params(
             {**_HAMMING_PARAMS[method], **params}
         )
@@ -148,13 +151,18 @@ class BinaryHammingIndex(RetrievalIndex):
         self._engine = None
         self._float_codes = None
 
+    @classmethod
+    def default_params(cls, codes):
+        """code_bits: the width of `codes`."""
+        return {"code_bits": as_codes(codes, "codes").shape[1]}
+
     def _checked_params(self, params):
         """Returns a validated copy of `params` (nhash resolved)."""
         p = dict(params)
         if self.method == "mih":
             if p["nhash"] is None:
                 p["nhash"] = max(1, self.code_bits // 16)
-            _check_positive_int("nhash", p["nhash"])
+            check_positive_int("nhash", p["nhash"])
             bits = self.code_bits // p["nhash"]
             if bits < 1 or bits > 64:
                 raise ValueError(
@@ -170,11 +178,11 @@ class BinaryHammingIndex(RetrievalIndex):
                 )
             p["exact"] = bool(p["exact"])
         elif self.method == "ivf":
-            _check_positive_int("nlist", p["nlist"], allow_none=True)
-            _check_positive_int("nprobe", p["nprobe"])
+            check_positive_int("nlist", p["nlist"], allow_none=True)
+            check_positive_int("nprobe", p["nprobe"])
         elif self.method == "hnsw":
             for name in ("M", "ef_construction", "ef_search"):
-                _check_positive_int(name, p[name])
+                check_positive_int(name, p[name])
         return p
 
     @property
@@ -221,7 +229,7 @@ class BinaryHammingIndex(RetrievalIndex):
             self._apply_search_params()
 
     def _check_codes(self, codes, name):
-        return _as_codes(codes, name, width=self.code_bits, unit_range=True)
+        return as_codes(codes, name, width=self.code_bits, unit_range=True)
 
     def _new_engine(self, packed):
         d, p = self.code_bits, self.params
@@ -261,7 +269,7 @@ class BinaryHammingIndex(RetrievalIndex):
             self._engine.hnsw.efSearch = p["ef_search"]
 
     def _build_engine(self, codes):
-        packed = np.packbits(codes > 0.5, axis=1)
+        packed = pack_bits(codes)
         with _faiss_threads(self.num_threads):
             engine = self._new_engine(packed)
             engine.add(packed)
@@ -273,7 +281,7 @@ class BinaryHammingIndex(RetrievalIndex):
 
     def _add_engine(self, codes):
         with _faiss_threads(self.num_threads):
-            self._engine.add(np.packbits(codes > 0.5, axis=1))
+            self._engine.add(pack_bits(codes))
         if self.rerank:
             self._float_codes = np.concatenate(
                 [self._float_codes, codes.astype(np.float32)]
@@ -314,16 +322,16 @@ class BinaryHammingIndex(RetrievalIndex):
             distances[redo], rows[redo] = redo_distances, redo_rows
 
     def _search_rows(self, queries, k):
-        packed = np.packbits(queries > 0.5, axis=1)
+        packed = pack_bits(queries)
         if not self.rerank:
             rows, distances = self._hamming_search(packed, k)
-            return _pad_columns(rows, distances, k, HAMMING_PAD)
+            return pad_columns(rows, distances, k, HAMMING_PAD)
         shortlist = max(k, self.rerank_candidates or 4 * k)
         rows, _ = self._hamming_search(packed, shortlist)
         rows, distances = self._rerank_l1(
             queries.astype(np.float32), rows, k
         )
-        return _pad_columns(rows, distances, k, np.inf)
+        return pad_columns(rows, distances, k, np.inf)
 
     def _rerank_l1(self, queries, rows, k):
         """Re-orders shortlist `rows` [Q, C] by float L1; returns top k."""

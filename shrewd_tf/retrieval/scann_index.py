@@ -1,10 +1,11 @@
 """`ScannIndex`: k-NN over float codes with ScaNN's pybind searcher.
 
-ScaNN behind the `shrewd_tf.retrieval.base.RetrievalIndex` interface, without TF
-ops: brute force, or tree + asymmetric hashing (AH) + exact re-ordering.
-Distances are squared L2 or the negated inner product -<q, x> (float32),
-smaller is nearer; id, padding and file conventions are in the
-`shrewd_tf.retrieval.base` docstring.
+ScaNN behind the `shrewd_tf.retrieval.base.RetrievalIndex` interface,
+without TF ops: brute force, or tree + asymmetric hashing (AH) + exact
+re-ordering. Distances are squared L2 or the negated inner product -<q, x>
+(float32), smaller is nearer; id, padding and file conventions are in the
+`shrewd_tf.retrieval.base` docstring. Kind "scann" (`shrewd_tf.contract`),
+registered on import.
 """
 
 import logging
@@ -13,12 +14,12 @@ import os
 
 import numpy as np
 
-from shrewd_tf.retrieval.base import (
-    RetrievalIndex,
-    _as_codes,
-    _check_positive_int,
-    _pad_columns,
-)
+from shrewd_tf.contract import SCANN_INDEX
+from shrewd_tf.ops.validation import check_positive_int
+from shrewd_tf.retrieval.arrays import as_codes
+from shrewd_tf.retrieval.arrays import pad_columns
+from shrewd_tf.retrieval.base import RetrievalIndex
+from shrewd_tf.retrieval.base import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
 
 
@@ -27,6 +28,7 @@ from shrewd_tf.retrieval.files import IndexFormatError
 AH_MIN_CODES = 256
 
 
+@register_index
 class ScannIndex(RetrievalIndex):
     """k-NN over float codes with ScaNN's pybind searcher (no TF ops).
 
@@ -59,7 +61,7 @@ class ScannIndex(RetrievalIndex):
         ValueError: on bad parameter values, quoting them.
     """
 
-    index_type = "scann"
+    kind = SCANN_INDEX
 
     def __init__(
         self,
@@ -81,8 +83,8 @@ class ScannIndex(RetrievalIndex):
             )
         self.distance = distance
         self.brute_force = bool(brute_force)
-        self.num_leaves = _check_positive_int("num_leaves", num_leaves, True)
-        self.num_leaves_to_search = _check_positive_int(
+        self.num_leaves = check_positive_int("num_leaves", num_leaves, True)
+        self.num_leaves_to_search = check_positive_int(
             "num_leaves_to_search", num_leaves_to_search, True
         )
         if (
@@ -95,7 +97,7 @@ class ScannIndex(RetrievalIndex):
                 f"{self.num_leaves}. Received: num_leaves_to_search="
                 f"{self.num_leaves_to_search}"
             )
-        self.dimensions_per_block = _check_positive_int(
+        self.dimensions_per_block = check_positive_int(
             "dimensions_per_block", dimensions_per_block
         )
         self.anisotropic_quantization_threshold = (
@@ -103,11 +105,11 @@ class ScannIndex(RetrievalIndex):
             if anisotropic_quantization_threshold is None
             else float(anisotropic_quantization_threshold)
         )
-        self.reorder_k = _check_positive_int("reorder_k", reorder_k, True)
-        self.training_sample_size = _check_positive_int(
+        self.reorder_k = check_positive_int("reorder_k", reorder_k, True)
+        self.training_sample_size = check_positive_int(
             "training_sample_size", training_sample_size
         )
-        self.num_threads = _check_positive_int("num_threads", num_threads)
+        self.num_threads = check_positive_int("num_threads", num_threads)
         # What the caller asked for; build-time defaults come from N.
         self._requested_leaves = (self.num_leaves, self.num_leaves_to_search)
         self._searcher = None
@@ -135,7 +137,7 @@ class ScannIndex(RetrievalIndex):
     def set_search_params(self, num_leaves_to_search=None, reorder_k=None):
         """Changes the search width and the re-ordering depth."""
         if num_leaves_to_search is not None:
-            _check_positive_int("num_leaves_to_search", num_leaves_to_search)
+            check_positive_int("num_leaves_to_search", num_leaves_to_search)
             if self.num_leaves and num_leaves_to_search > self.num_leaves:
                 raise ValueError(
                     "`num_leaves_to_search` must be <= num_leaves="
@@ -148,10 +150,10 @@ class ScannIndex(RetrievalIndex):
                 self.num_leaves_to_search,
             )
         if reorder_k is not None:
-            self.reorder_k = _check_positive_int("reorder_k", reorder_k)
+            self.reorder_k = check_positive_int("reorder_k", reorder_k)
 
     def _check_codes(self, codes, name):
-        array = _as_codes(codes, name, width=self._code_width)
+        array = as_codes(codes, name, width=self._code_width)
         return np.ascontiguousarray(array, dtype=np.float32)
 
     def _build_engine(self, codes):
@@ -236,7 +238,7 @@ class ScannIndex(RetrievalIndex):
         if self.distance == "dot_product":
             distances = -distances
         rows[missing], distances[missing] = -1, np.inf
-        return _pad_columns(rows, distances, k, np.inf)
+        return pad_columns(rows, distances, k, np.inf)
 
     def _write_engine(self, data_dir):
         scann_dir = os.path.join(data_dir, "scann")

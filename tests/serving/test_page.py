@@ -10,7 +10,7 @@ import pytest
 
 from serving.server import Server
 from serving.server import ServerConfig
-from shrewd_tf.retrieval.base import BinaryHammingIndex
+from shrewd_tf.retrieval import BinaryHammingIndex
 from tests.support import saved_models
 from tests.support.http import b64
 from tests.support.http import http_bytes

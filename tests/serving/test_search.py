@@ -9,8 +9,8 @@ import pytest
 from serving.client import RestClient
 from serving.server import Server
 from serving.server import ServerConfig
-from shrewd_tf.retrieval.base import BinaryHammingIndex
-from shrewd_tf.retrieval.base import ScannIndex
+from shrewd_tf.retrieval import BinaryHammingIndex
+from shrewd_tf.retrieval import ScannIndex
 from tests.support import saved_models
 from tests.support.http import b64
 from tests.support.http import http_bytes

@@ -1,11 +1,18 @@
-"""Tests for shrewd_tf.retrieval.base: packing, ids, metadata, factory, validation."""
+"""Tests for shrewd_tf.retrieval.base: packing, ids, metadata, registry,
+factories, validation (through the package, which re-exports base)."""
+
+import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
-from shrewd_tf.retrieval import hamming_index
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf import contract
+from shrewd_tf import retrieval as index_lib
+from shrewd_tf.retrieval import base
 from shrewd_tf.retrieval import files as index_files
+from shrewd_tf.retrieval import hamming_index
 from shrewd_tf.retrieval import scann_index
 from tests.support.indexes import (
     CODE_BITS,
@@ -28,10 +35,90 @@ def test_pack_codes_bit_order_is_msb_first():
     np.testing.assert_array_equal(packed, [[0b10000000, 0b01000001]])
 
 
-def test_index_module_reexports_the_index_classes():
+def test_package_exports_the_registered_index_classes():
     assert index_lib.BinaryHammingIndex is hamming_index.BinaryHammingIndex
     assert index_lib.ScannIndex is scann_index.ScannIndex
     assert index_lib.IndexFormatError is index_files.IndexFormatError
+    assert index_lib.load_index is base.load_index
+    for kind in contract.INDEX_KIND_TABLE:
+        cls = getattr(index_lib, kind.class_name)
+        assert base.index_class(kind.name) is cls
+        assert base.index_class(kind.index_type) is cls
+        assert (cls.kind, cls.index_type) == (kind.name, kind.index_type)
+    assert not hasattr(base, "BinaryHammingIndex")  # no import-cycle patch
+
+
+def test_load_index_imports_the_index_module_on_first_use(tmp_path):
+    """A fresh process that imports only base still loads the index."""
+    index_lib.BinaryHammingIndex(8).build(np.eye(8)).save(tmp_path)
+    script = (
+        "import sys\n"
+        "from shrewd_tf.retrieval import base\n"
+        "assert 'shrewd_tf.retrieval.hamming_index' not in sys.modules\n"
+        "print(type(base.load_index(sys.argv[1])).__name__)\n"
+    )
+    name = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    assert name == "BinaryHammingIndex"
+
+
+def test_build_index_takes_kinds_and_manifest_names():
+    codes = np.eye(8, dtype=np.float32)
+    for name in ("binary", "binary_hamming"):
+        index = index_lib.build_index(name, codes)
+        assert isinstance(index, index_lib.BinaryHammingIndex)
+        assert index.code_bits == 8
+    assert isinstance(
+        index_lib.build_index("scann", codes, brute_force=True),
+        index_lib.ScannIndex,
+    )
+
+
+def test_register_index_refuses_unknown_and_taken_kinds():
+    class Annoy(base.RetrievalIndex):
+        kind = "annoy"
+
+    with pytest.raises(ValueError, match="kind='annoy'"):
+        base.register_index(Annoy)
+
+    class OtherBinary(base.RetrievalIndex):
+        kind = contract.BINARY_INDEX
+
+    with pytest.raises(ValueError, match="already registered"):
+        base.register_index(OtherBinary)
+
+    class ManifestSpelling(base.RetrievalIndex):
+        kind = "binary_hamming"
+
+    with pytest.raises(ValueError, match="not a manifest name"):
+        base.register_index(ManifestSpelling)
+    assert base.index_class("binary") is hamming_index.BinaryHammingIndex
+
+
+def test_manifests_keep_the_format_1_index_type_names(tmp_path):
+    """Saved indexes stay readable by every format-1 reader."""
+    codes = np.eye(8, dtype=np.float32)
+    index_lib.BinaryHammingIndex(8).build(codes).save(tmp_path / "b")
+    index_lib.ScannIndex(brute_force=True).build(codes).save(tmp_path / "s")
+    types = [
+        json.loads((tmp_path / d / index_files.MANIFEST_FILE).read_text())[
+            "index_type"
+        ]
+        for d in ("b", "s")
+    ]
+    assert types == ["binary_hamming", "scann"]
+
+
+def test_load_index_refuses_an_unknown_manifest_kind(tmp_path):
+    index_lib.BinaryHammingIndex(8).build(np.eye(8)).save(tmp_path)
+    path = tmp_path / index_files.MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    manifest["index_type"] = "annoy"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(index_files.IndexFormatError, match="'annoy'"):
+        index_lib.load_index(tmp_path)
 
 
 def test_k_larger_than_index_is_padded():
