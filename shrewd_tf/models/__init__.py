@@ -1,2 +1,2 @@
-"""Models: the encoders and the SHREWD model (`shrewd_model`) and its code
-head (`code_head`)."""
+"""Models: the image encoders (`encoders`), the SHREWD model and the one-hot
+baseline (`shrewd_model`) and the code head's activations (`code_head`)."""
