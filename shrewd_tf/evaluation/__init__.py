@@ -1,3 +1,5 @@
-"""Evaluation: ranking (`ranking`), the paper's metrics (`metrics`),
-evaluating a run (`evaluate`), the report (`report`) and the ablation and
-zero-shot experiments (`experiments`)."""
+"""Evaluation: ranking (`ranking`), the paper's retrieval metrics and code
+statistics (`metrics`), the binary entropy of codes (`entropy`), the caption
+protocol (`captions`), evaluating a run and its metrics files (`evaluate`),
+the report (`report`) and the ablation and zero-shot experiments
+(`experiments`)."""

@@ -18,6 +18,8 @@ Reference:
 import numpy as np
 from scipy import special
 
+from shrewd_tf.ops.validation import check_positive_int
+
 TIE_MODES = ("aware", "random", "index")
 # Entries of the [chunk, N] distance block per chunk (float32: 16 MiB).
 _CHUNK_ENTRIES = 2**22
@@ -55,16 +57,6 @@ def _labels(x, name, size, num_classes=None):
             f"max={array.max()}"
         )
     return array.astype(np.int64)
-
-
-def _positive_int(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(
-            f"`{name}` must be an integer. Received: {name}={value!r}"
-        )
-    if value < 1:
-        raise ValueError(f"`{name}` must be >= 1. Received: {name}={value}")
-    return int(value)
 
 
 def _check_ties(ties):
@@ -106,7 +98,7 @@ class _Retrieval:
             self.db = _packed_bits(self.db > 0.5)  # [N, words]
 
     def check_k(self, k):
-        k = _positive_int(k, "k")
+        k = check_positive_int("k", k)
         if k > self.num_candidates:
             raise ValueError(
                 f"`k` must not exceed the number of database items a query "
