@@ -26,8 +26,11 @@ import numpy as np
 
 from serving.errors import ServingError
 from serving.errors import from_http_status
+from shrewd_tf.contract import BITS_OUTPUT
+from shrewd_tf.contract import CODE_OUTPUT
+from shrewd_tf.contract import SERVING_SIGNATURE
 
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = SERVING_SIGNATURE
 # tensorflow.DataType enum names -> NumPy dtypes (the ones JSON carries).
 _NUMPY_DTYPES = {
     "DT_FLOAT": np.float32,
@@ -212,10 +215,11 @@ class RestClient:
             body["mode"] = mode
         if image is not None:
             body["image"] = {"b64": base64.b64encode(image).decode("ascii")}
+        # Code and bits queries are keyed like the model outputs they are.
         if code is not None:
-            body["code"] = np.asarray(code, dtype=np.float64).tolist()
+            body[CODE_OUTPUT] = np.asarray(code, dtype=np.float64).tolist()
         if bits is not None:
-            body["bits"] = np.asarray(bits, dtype=np.uint8).tolist()
+            body[BITS_OUTPUT] = np.asarray(bits, dtype=np.uint8).tolist()
         return self.request("POST", "/v1/search", body)
 
 

@@ -1,7 +1,7 @@
 """Search encoders: image bytes -> code outputs, locally or remotely.
 
 * `LocalEncoder`: runs a model of this server's `ModelRepository` (its
-  signature with one DT_STRING input, "serving_default" by default).
+  signature with one DT_STRING input, `serving_default` by default).
 * `RemoteEncoder` (`--encoder-url`): forwards a row-format `:predict` with
   `{"b64": ...}` to a TF Serving REST endpoint (tensorflow_model_server, or
   another instance of this server) and reads the named outputs back.
@@ -25,9 +25,8 @@ from serving.errors import ServingError
 from serving.errors import from_http_status
 from serving.errors import invalid_argument
 from serving.servables import DEFAULT_SIGNATURE
-
-CODE_OUTPUT = "code"
-BITS_OUTPUT = "bits"
+from shrewd_tf.contract import BITS_OUTPUT
+from shrewd_tf.contract import CODE_OUTPUT
 
 
 def decode_b64(value, path):

@@ -7,7 +7,12 @@ A query is one of
   `:predict` forwarded to a TF Serving REST endpoint, `--encoder-url`);
 * `{"code": [floats]}`: a float code [d];
 * `{"bits": [ints] | {"b64": ...}}`: a packed binary code, d / 8 bytes, MSB
-  first (`np.packbits`, the convention of `shrewd_tf.retrieval.base.pack_codes`).
+  first (`shrewd_tf.ops.bits.pack_bits`).
+
+The "code" and "bits" keys are the model output names
+(`shrewd_tf.contract.CODE_OUTPUT`, `BITS_OUTPUT`), the modes and the index
+kind serving each are `shrewd_tf.contract.SERVING_MODES` and
+`INDEX_KIND_TABLE`.
 
 `"mode": "binary"` searches the Hamming index (`BinaryHammingIndex`): image
 queries use the model's "bits" output (its "code" when the index re-ranks
@@ -28,17 +33,23 @@ import urllib.parse
 import grpc
 import numpy as np
 
-from serving.encoders import BITS_OUTPUT
-from serving.encoders import CODE_OUTPUT
 from serving.encoders import decode_b64
 from serving.errors import ServingError
 from serving.errors import invalid_argument
 from serving.errors import not_found
-from shrewd_tf.retrieval.base import INT_ID_PAD
-from shrewd_tf.retrieval.base import STR_ID_PAD
+from shrewd_tf import contract
+from shrewd_tf.contract import BITS_OUTPUT
+from shrewd_tf.contract import CODE_OUTPUT
+from shrewd_tf.ops.bits import unpack_bits
+from shrewd_tf.retrieval.arrays import INT_ID_PAD
+from shrewd_tf.retrieval.arrays import STR_ID_PAD
 
-BINARY = "binary"
-FLOAT = "float"
+BINARY = contract.BINARY_MODE
+FLOAT = contract.FLOAT_MODE
+# A query is one of these keys: image bytes, or a code keyed like the
+# model output it is.
+IMAGE_QUERY = "image"
+QUERY_KEYS = (IMAGE_QUERY, CODE_OUTPUT, BITS_OUTPUT)
 IMAGE_TYPES = frozenset(
     ["image/png", "image/jpeg", "image/gif", "image/webp", "image/bmp"]
 )
@@ -58,7 +69,7 @@ def code_width(index):
 
 
 def _distance_name(index):
-    if getattr(index, "index_type", None) == "binary_hamming":
+    if getattr(index, "kind", None) == contract.BINARY_INDEX:
         return "l1" if index.rerank else "hamming"
     if getattr(index, "distance", None) == "dot_product":
         return "negative_dot_product"
@@ -72,8 +83,8 @@ class SearchService:
     """Answers `/v1/search`, `/v1/database` and `/v1/images/<id>`.
 
     Args:
-        indexes: {"binary": BinaryHammingIndex, "float": ScannIndex}, either
-            or both.
+        indexes: {mode: index}: "binary" a BinaryHammingIndex, "float" a
+            ScannIndex (`contract.INDEX_KIND_TABLE`), either or both.
         encoder: `LocalEncoder`, `RemoteEncoder` or None (no image queries).
         default_model: model used for image queries without "model" (a
             name, or a callable returning one or None).
@@ -90,10 +101,10 @@ class SearchService:
         max_k=1000,
         image_root=None,
     ):
-        unknown = set(indexes) - {BINARY, FLOAT}
+        unknown = set(indexes) - set(contract.SERVING_MODES)
         if unknown:
             raise ValueError(
-                f"`indexes` keys must be 'binary' or 'float'. "
+                f"`indexes` keys must be in {list(contract.SERVING_MODES)}. "
                 f"Received: {sorted(unknown)}"
             )
         self.indexes = dict(indexes)
@@ -142,9 +153,10 @@ class SearchService:
         mode = request.get("mode") or (
             BINARY if BINARY in self.indexes else FLOAT
         )
-        if mode not in (BINARY, FLOAT):
+        if mode not in contract.SERVING_MODES:
             raise invalid_argument(
-                f"'mode' must be 'binary' or 'float'. Received: mode={mode!r}"
+                f"'mode' must be one of {list(contract.SERVING_MODES)}. "
+                f"Received: mode={mode!r}"
             )
         if mode not in self.indexes:
             raise invalid_argument(
@@ -162,32 +174,31 @@ class SearchService:
                 f"'k' must be an integer in [1, {self.max_k}]. "
                 f"Received: k={k!r}"
             )
-        query_kinds = [
-            key for key in ("image", "code", "bits") if key in request
-        ]
+        query_kinds = [key for key in QUERY_KEYS if key in request]
         if len(query_kinds) != 1:
             raise invalid_argument(
-                "A search request needs exactly one of 'image', 'code', "
-                f"'bits'. Received keys: {sorted(request)}"
+                "A search request needs exactly one of "
+                f"{', '.join(repr(key) for key in QUERY_KEYS)}. "
+                f"Received keys: {sorted(request)}"
             )
         model, version = None, None
-        if "image" in request:
+        if IMAGE_QUERY in request:
             default = self.default_model
             model = request.get("model") or (
                 default() if callable(default) else default
             )
             query, version = self._encode_image(
-                model, request["image"], mode, index
+                model, request[IMAGE_QUERY], mode, index
             )
-        elif "code" in request:
-            query = self._float_query(request["code"], index)
+        elif CODE_OUTPUT in request:
+            query = self._float_query(request[CODE_OUTPUT], index)
         else:
             if mode != BINARY:
                 raise invalid_argument(
-                    "'bits' queries search the binary index: use "
-                    "mode='binary'."
+                    f"'{BITS_OUTPUT}' queries search the binary index: use "
+                    f"mode='{BINARY}'."
                 )
-            query = self._bits_query(request["bits"], index)
+            query = self._bits_query(request[BITS_OUTPUT], index)
         try:
             ids, distances = index.search(query[None, :], k)
         except ValueError as e:
@@ -223,18 +234,22 @@ class SearchService:
             for x in code
         ):
             raise invalid_argument(
-                "'code' must be a list of numbers. "
+                f"'{CODE_OUTPUT}' must be a list of numbers. "
                 f"Received: {str(code)[:80]!r}"
             )
         query = np.asarray(code, dtype=np.float32)
-        self._check_width(query.shape[0], index, "code")
+        self._check_width(query.shape[0], index, CODE_OUTPUT)
         if not np.all(np.isfinite(query)):
-            raise invalid_argument("'code' must be finite (no NaN/Infinity).")
+            raise invalid_argument(
+                f"'{CODE_OUTPUT}' must be finite (no NaN/Infinity)."
+            )
         return query
 
     def _bits_query(self, bits, index):
         if isinstance(bits, dict):
-            packed = np.frombuffer(decode_b64(bits, "bits"), dtype=np.uint8)
+            packed = np.frombuffer(
+                decode_b64(bits, BITS_OUTPUT), dtype=np.uint8
+            )
         elif isinstance(bits, list) and all(
             isinstance(x, int) and not isinstance(x, bool) and 0 <= x <= 255
             for x in bits
@@ -242,11 +257,11 @@ class SearchService:
             packed = np.asarray(bits, dtype=np.uint8)
         else:
             raise invalid_argument(
-                "'bits' must be packed bytes: a list of ints in [0, 255] or "
-                f'{{"b64": ...}}. Received: {str(bits)[:80]!r}'
+                f"'{BITS_OUTPUT}' must be packed bytes: a list of ints in "
+                f'[0, 255] or {{"b64": ...}}. Received: {str(bits)[:80]!r}'
             )
-        self._check_width(8 * packed.shape[0], index, "bits")
-        return np.unpackbits(packed).astype(np.float32)
+        self._check_width(8 * packed.shape[0], index, BITS_OUTPUT)
+        return unpack_bits(packed).astype(np.float32)
 
     def _check_width(self, width, index, what):
         if width != code_width(index):
@@ -271,7 +286,7 @@ class SearchService:
                 f"'model' must be a string. Received: {model!r}"
             )
         outputs, version = self.encoder.encode(
-            model, decode_b64(image, "image")
+            model, decode_b64(image, IMAGE_QUERY)
         )
         wanted = CODE_OUTPUT
         if mode == BINARY and not index.rerank and BITS_OUTPUT in outputs:
@@ -286,10 +301,7 @@ class SearchService:
             self._check_width(
                 8 * value.shape[0], index, f"{model} output bits"
             )
-            return (
-                np.unpackbits(value.astype(np.uint8)).astype(np.float32),
-                version,
-            )
+            return unpack_bits(value).astype(np.float32), version
         self._check_width(value.shape[0], index, f"{model} output code")
         return value.astype(np.float32), version
 

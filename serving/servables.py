@@ -18,10 +18,11 @@ from tensorflow_serving.apis import prediction_log_pb2
 from serving import tensors
 from serving.errors import from_tensorflow_error
 from serving.errors import invalid_argument
+from shrewd_tf import contract
 
-SERVE_TAG = "serve"
-DEFAULT_SIGNATURE = "serving_default"
-WARMUP_FILE = os.path.join("assets.extra", "tf_serving_warmup_requests")
+SERVE_TAG = contract.SERVE_TAG
+DEFAULT_SIGNATURE = contract.SERVING_SIGNATURE
+WARMUP_FILE = os.path.join(contract.ASSETS_EXTRA_DIR, contract.WARMUP_FILE)
 
 
 # === Signatures ===
@@ -31,7 +32,7 @@ class Signature:
     """One runnable signature of a loaded SavedModel.
 
     Args:
-        name: signature key, e.g. "serving_default".
+        name: signature key, e.g. `contract.SERVING_SIGNATURE`.
         function: the SavedModel's signature `ConcreteFunction`.
 
     Attributes:

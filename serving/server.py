@@ -6,7 +6,7 @@ python -m serving --export-root exports --binary-index index/binary \\
 ```
 
 `Server(ServerConfig(...)).start()` loads the models (`serving.models`) and
-indexes (`shrewd_tf.retrieval.base.load_index`), then answers REST on `rest_port`
+indexes (`shrewd_tf.retrieval.load_index`), then answers REST on `rest_port`
 (`serving.rest`) and gRPC on `grpc_port` (`serving.grpc_service`), each on
 its own threads, until `stop()`. `serve(config)` does the same and blocks
 until SIGINT / SIGTERM. Ports 0 pick free ports (read them back from
@@ -20,9 +20,11 @@ import signal
 import threading
 import urllib.parse
 
+from shrewd_tf import contract
+
 # TensorFlow, faiss and ScaNN load in `Server.start`, so a CLI can import
 # this module (add_arguments, ServerConfig) cheaply.
-DEFAULT_SIGNATURE = "serving_default"
+DEFAULT_SIGNATURE = contract.SERVING_SIGNATURE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,23 +127,23 @@ class ServerConfig:
 
 
 def _load_indexes(config):
-    """{"binary": index, "float": index} from the configured directories."""
-    from serving.retrieval import BINARY
-    from serving.retrieval import FLOAT
+    """{mode: index} from the configured directories (modes and the index
+    kind serving each: `shrewd_tf.contract.INDEX_KIND_TABLE`)."""
     from shrewd_tf.retrieval.base import load_index
 
     indexes = {}
-    for mode, directory, index_type in (
-        (BINARY, config.binary_index, "binary_hamming"),
-        (FLOAT, config.float_index, "scann"),
+    for mode, directory in (
+        (contract.BINARY_MODE, config.binary_index),
+        (contract.FLOAT_MODE, config.float_index),
     ):
         if directory is None:
             continue
         index = load_index(directory)
-        if index.index_type != index_type:
+        kind = contract.index_kind_for_mode(mode)
+        if index.kind != kind.name:
             raise ValueError(
-                f"The {mode} index must be a {index_type!r} index. Received: "
-                f"{directory} holds {index.index_type!r}"
+                f"The {mode} index must be a {kind.index_type!r} index. "
+                f"Received: {directory} holds {index.index_type!r}"
             )
         logging.info(
             "Loaded %s index %s (%d codes)", mode, directory, len(index)
