@@ -69,8 +69,8 @@ class BuildIndexOptions:
     def __post_init__(self):
         # Bad kinds fail here, before any work.
         object.__setattr__(self, "kinds", parse_kinds(self.kinds))
-        object.__setattr__(self, "binary_params", dict(self.binary_params or {}))
-        object.__setattr__(self, "scann_params", dict(self.scann_params or {}))
+        for name in ("binary_params", "scann_params"):
+            object.__setattr__(self, name, dict(getattr(self, name) or {}))
         object.__setattr__(self, "beam_args", tuple(self.beam_args))
 
 

@@ -19,8 +19,9 @@ stages it reads from and the slice of the configuration it depends on. The
   fingerprint is skipped and its recorded outputs reused (a TFX cache hit).
 * Otherwise the old manifest is removed first, the stage runs, and the
   manifest (config, input fingerprints, outputs, metrics, library versions,
-  timings, shrewd-tf version, code digest) is written last, atomically. A stage that fails or is killed
-  leaves no manifest, so the next run redoes it; the others are reused.
+  shrewd-tf version, code digest, timings) is written last, atomically. A
+  stage that fails or is killed leaves no manifest, so the next run redoes
+  it; the others are reused.
 
 Example:
     stages = [Stage("example_gen", make_records, config={"source": "x"}),
@@ -166,8 +167,9 @@ def _imported_names(path, module):
             names.extend(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
-            if node.level:
-                parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+            if node.level:  # relative: `level - 1` packages up
+                parts = package.split(".")
+                parts = parts[: len(parts) - node.level + 1]
                 base = ".".join(parts + ([base] if base else []))
             names.append(base)
             # `from package import module` imports a module too.

@@ -130,17 +130,21 @@ def test_fingerprint_depends_on_config_inputs_code_and_version(monkeypatch):
 
 
 def write_package(root, helper_value):
-    """`fakestagepkg`: entry imports helper inside a function."""
+    """`fakestagepkg`: entry imports helper inside a function, and sub.leaf
+    relatively."""
     package = root / "fakestagepkg"
     package.mkdir(exist_ok=True)
     (package / "__init__.py").write_text('"""Fake."""\n')
     (package / "entry.py").write_text(
-        "import json\n\n\ndef value():\n"
+        "import json\n\nfrom .sub import leaf\n\n\ndef value():\n"
         "    from fakestagepkg import helper\n"
         "    return helper.VALUE\n"
     )
     (package / "helper.py").write_text(f"VALUE = {helper_value}\n")
     (package / "unused.py").write_text("X = 1\n")
+    (package / "sub").mkdir(exist_ok=True)
+    (package / "sub" / "__init__.py").write_text("")
+    (package / "sub" / "leaf.py").write_text("from .. import helper\n")
     return package
 
 
@@ -161,7 +165,8 @@ def test_source_digest_follows_first_party_imports(fake_package):
     # The parent package and the import inside a function, not json (not
     # first-party) nor the module nobody imports.
     assert modules == (
-        "fakestagepkg", "fakestagepkg.entry", "fakestagepkg.helper")
+        "fakestagepkg", "fakestagepkg.entry", "fakestagepkg.helper",
+        "fakestagepkg.sub", "fakestagepkg.sub.leaf")
     assert stages_lib.source_digest(("fakestagepkg.entry",))[0] == digest
     _, whole = stages_lib.source_digest(("fakestagepkg",))
     assert "fakestagepkg.unused" in whole
