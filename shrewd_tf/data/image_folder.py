@@ -21,10 +21,10 @@ yields every row with its line number and `problem` set, and the Beam step
 (`pipeline.transforms.ReadImageFolder`) turns them into dead letters.
 
 `prepare_image` is the one per-image check, shared by every source: decode
-with TensorFlow (what training decodes with), reject images that are too
-small, then either keep the bytes as they are (they must already have the
-wanted channel count) or convert and resize to the training size and
-re-encode as PNG.
+with TensorFlow, reject images that are too small, then either keep the
+bytes as they are (they must already have the wanted channel count) or
+bring them to the training shape with `preprocess.preprocess_image` (the
+function training and the exported model run too) and re-encode as PNG.
 """
 
 import csv
@@ -285,38 +285,13 @@ def read_image_file(path):
         ) from e
 
 
-def _convert_channels(image, channels):
-    """uint8 [H, W, c] tensor -> [H, W, channels] (alpha dropped)."""
-    import tensorflow as tf
-
-    have = image.shape[-1]
-    if have == channels:
-        return image
-    if have in (2, 4):  # grey + alpha, RGB + alpha
-        image = image[..., : have - 1]
-        have -= 1
-    if have == channels:
-        return image
-    if channels == 3:
-        return tf.image.grayscale_to_rgb(image)
-    if channels == 1:
-        return tf.cast(
-            tf.round(tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))),
-            tf.uint8,
-        )
-    # channels == 4: opaque alpha.
-    rgb = image if have == 3 else tf.image.grayscale_to_rgb(image)
-    alpha = tf.fill(
-        tf.concat([tf.shape(rgb)[:2], [1]], 0), tf.constant(255, tf.uint8)
-    )
-    return tf.concat([rgb, alpha], axis=-1)
-
-
 def prepare_image(encoded, channels, image_size=None, min_size=(1, 1)):
     """Checks an encoded image and brings it to the training format.
 
-    Decoding uses `tf.io.decode_image` (first frame of a GIF), as training's
-    `data.parse_example` does, so an accepted image is one training can read.
+    Decoding, channel conversion and resizing are
+    `preprocess.preprocess_image`, the function training, evaluation and
+    the exported SavedModel run too, so a stored image holds the pixels
+    the served model computes from the original file.
 
     Args:
         encoded: image file bytes (PNG, JPEG, GIF, BMP).
@@ -324,9 +299,9 @@ def prepare_image(encoded, channels, image_size=None, min_size=(1, 1)):
         image_size: (H, W) to convert and resize to, or None to keep the
             bytes as they are (then the image must already have C channels).
             An image already H x W with C channels is kept as it is too.
-            Resizing is bilinear with antialiasing, aspect ratio not kept;
-            grey is tiled to RGB, RGB -> grey uses `tf.image.rgb_to_grayscale`,
-            alpha is dropped.
+            Otherwise `preprocess_image` converts channels, resizes
+            (bilinear, antialiased, aspect ratio not kept) and rounds to
+            uint8, and the result is re-encoded as PNG.
         min_size: (h, w); smaller images are rejected (not upscaled).
 
     Returns:
@@ -339,6 +314,7 @@ def prepare_image(encoded, channels, image_size=None, min_size=(1, 1)):
     """
     import tensorflow as tf
 
+    from shrewd_tf.data import preprocess
     from shrewd_tf.data import records as data
 
     if channels not in (1, 3, 4):
@@ -346,7 +322,7 @@ def prepare_image(encoded, channels, image_size=None, min_size=(1, 1)):
             f"channels must be 1, 3 or 4. Received: channels={channels}"
         )
     try:
-        image = tf.io.decode_image(encoded, channels=0, expand_animations=False)
+        image = preprocess.decode_image(encoded)
     except (tf.errors.OpError, ValueError) as e:
         message = str(getattr(e, "message", e)).strip().splitlines()
         raise ImageProblem(
@@ -372,11 +348,6 @@ def prepare_image(encoded, channels, image_size=None, min_size=(1, 1)):
                 "kept as they are, so no conversion)",
             )
         return bytes(encoded), (height, width, have)
-    image = _convert_channels(image, channels)
-    if (height, width) != tuple(image_size):
-        resized = tf.image.resize(
-            tf.cast(image, tf.float32), image_size, method="bilinear",
-            antialias=True,
-        )
-        image = tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
-    return data.encode_png(image.numpy()), (*tuple(image_size), channels)
+    shape = (*(int(v) for v in image_size), channels)
+    pixels = preprocess.preprocess_image(image, shape)
+    return data.encode_png(pixels.numpy()), shape

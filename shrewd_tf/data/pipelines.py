@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from shrewd_tf.data import preprocess
 from shrewd_tf.data import records as data_lib
 from shrewd_tf.data import tfds_sources as datasets
 
@@ -171,7 +172,9 @@ def load_arrays(data_config):
     Fashion-MNIST comes from the Debian IDX files; cifar100 and imagenet2012
     from tfds under `data_dir` (prepared by the user, never downloaded);
     "tfrecords" from a `make_tfrecords` directory (`load_tfrecord_splits`,
-    which also gives captions and embeddings). All are materialised into
+    which also gives captions and embeddings). With `data.image_size`,
+    images go through `preprocess.preprocess_image` (the exported model's
+    preprocessing) to that size. All are materialised into
     memory, which suits CIFAR-100; ImageNet-scale data would need a
     streaming pipeline, which is not implemented.
     """
@@ -184,8 +187,15 @@ def load_arrays(data_config):
         kwargs = {}
         if data_config.data_dir:
             kwargs["data_dir"] = data_config.data_dir
-        train = datasets.load_fashion_mnist("train", **kwargs)
-        test = datasets.load_fashion_mnist("test", **kwargs)
+        train, test = (
+            datasets.load_fashion_mnist(split, **kwargs)
+            for split in ("train", "test")
+        )
+        if data_config.image_size is not None:
+            train, test = (
+                (_preprocess_arrays(images, data_config.image_size), labels)
+                for images, labels in (train, test)
+            )
         names = list(datasets.FASHION_MNIST_CLASS_NAMES)
     elif name in ("cifar100", "imagenet2012"):
         if not data_config.data_dir:
@@ -220,13 +230,14 @@ def load_arrays(data_config):
 
 
 def _materialise(dataset, image_size):
-    import tensorflow as tf
-
+    """(image, label) pairs -> uint8 [N, H, W, C], int64 [N]; with
+    `image_size`, every image goes through `preprocess.preprocess_image`."""
     if image_size is not None:
-        size = tuple(image_size)
+        channels = dataset.element_spec[0].shape[-1]
+        shape = (*(int(s) for s in image_size), int(channels))
         dataset = dataset.map(
             lambda image, label: (
-                tf.cast(tf.image.resize(image, size), tf.uint8),
+                preprocess.preprocess_image(image, shape),
                 label,
             )
         )
@@ -237,12 +248,31 @@ def _materialise(dataset, image_size):
     return np.stack(images), np.asarray(labels, np.int64)
 
 
+def _preprocess_arrays(images, image_size, batch_size=1024):
+    """uint8 [N, h, w, C] -> uint8 [N, H, W, C] by
+    `preprocess.preprocess_image`, a batch at a time."""
+    shape = (*(int(s) for s in image_size), int(images.shape[-1]))
+    if tuple(images.shape[1:]) == shape:
+        return images
+    parts = [
+        preprocess.preprocess_image(
+            images[start : start + batch_size], shape
+        ).numpy()
+        for start in range(0, len(images), batch_size)
+    ]
+    return np.concatenate(parts) if parts else np.zeros((0, *shape), np.uint8)
+
+
 def load_tfrecord_splits(data_config):
     """Reads the "train" and "test" splits of a `make_tfrecords` directory.
 
-    Both are materialised with `data.load_split_arrays` (shard order), cut
-    to `train_subset`/`test_subset` and, with `image_size`, resized
-    (bilinear, rounded to uint8).
+    Both are materialised with `data.load_split_arrays` (shard order) and
+    cut to `train_subset`/`test_subset`. With `image_size`, each stored
+    image is decoded straight to that size (`preprocess.preprocess_image`,
+    one resize). Records that `make_tfrecords` already resized to another
+    size are then resized twice, which the exported model, resizing a
+    client's original image once, does not repeat: write the records at
+    the training size.
 
     Returns:
         (info, train, test): the `data.DatasetInfo` and two dicts of
@@ -276,18 +306,29 @@ def load_tfrecord_splits(data_config):
     subsets = {
         "train": data_config.train_subset, "test": data_config.test_subset
     }
+    image_shape = tuple(info.image_shape)
+    if data_config.image_size is not None:
+        image_shape = (*(int(s) for s in data_config.image_size),
+                       image_shape[2])
+        if image_shape != tuple(info.image_shape):
+            log.warning(
+                "%s: data.image_size %s differs from the records' image "
+                "shape %s: images stored resized are resized again, so "
+                "served codes of original images may differ slightly from "
+                "evaluation codes; write the records at the training size",
+                directory, tuple(data_config.image_size),
+                tuple(info.image_shape),
+            )
     splits = []
     for split, count in subsets.items():
-        arrays = data_lib.load_split_arrays(directory, split, info)
+        arrays = data_lib.load_split_arrays(
+            directory, split, info, image_shape=image_shape
+        )
         if count is not None:
             arrays = {
                 key: None if value is None else value[:count]
                 for key, value in arrays.items()
             }
-        if data_config.image_size is not None:
-            arrays["images"] = _resize_images(
-                arrays["images"], data_config.image_size
-            )
         splits.append(arrays)
     log.info(
         "read %s: %d train, %d test records, %d classes, embedding size %s",
@@ -295,22 +336,6 @@ def load_tfrecord_splits(data_config):
         len(info.class_names), info.embedding_dim,
     )
     return info, splits[0], splits[1]
-
-
-def _resize_images(images, image_size, batch_size=1024):
-    """uint8 [N, H, W, C] -> uint8 [N, h, w, C] (bilinear, rounded)."""
-    import tensorflow as tf
-
-    size = tuple(int(s) for s in image_size)
-    if images.shape[1:3] == size:
-        return images
-    parts = []
-    for start in range(0, len(images), batch_size):
-        resized = tf.image.resize(images[start : start + batch_size], size)
-        parts.append(
-            np.clip(np.round(resized.numpy()), 0, 255).astype(np.uint8)
-        )
-    return np.concatenate(parts)
 
 
 def _labelled(directory, class_names, train_labels, test_labels):

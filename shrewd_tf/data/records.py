@@ -209,8 +209,10 @@ def parse_example(serialized, image_shape, embedding_dim=None):
 
     Args:
         serialized: scalar string tensor.
-        image_shape: (H, W, C); the image is decoded with C channels and
-            resized (bilinear) to H x W when its size differs.
+        image_shape: (H, W, C); the image goes through
+            `preprocess.preprocess_image` (decoded, converted to C
+            channels and, when its size differs, resized to H x W), as the
+            exported model treats a client's image.
         embedding_dim: E when the records carry caption embeddings.
 
     Returns:
@@ -219,23 +221,12 @@ def parse_example(serialized, image_shape, embedding_dim=None):
     """
     import tensorflow as tf
 
-    height, width, channels = (int(v) for v in image_shape)
+    from shrewd_tf.data import preprocess
+
     features = tf.io.parse_single_example(serialized, feature_spec(embedding_dim))
-    image = tf.io.decode_image(
-        features["image"], channels=channels, expand_animations=False
+    features["image"] = preprocess.preprocess_image(
+        features["image"], tuple(int(v) for v in image_shape)
     )
-    size = tf.shape(image)[:2]
-    image = tf.cond(
-        tf.reduce_all(size == [height, width]),
-        lambda: image,
-        lambda: tf.cast(
-            tf.clip_by_value(
-                tf.round(tf.image.resize(image, [height, width])), 0, 255
-            ),
-            tf.uint8,
-        ),
-    )
-    features["image"] = tf.ensure_shape(image, [height, width, channels])
     return features
 
 
@@ -282,8 +273,15 @@ def make_dataset(file_pattern, image_shape, embedding_dim=None,
     )
 
 
-def load_split_arrays(directory, split, info=None):
+def load_split_arrays(directory, split, info=None, image_shape=None):
     """Materialises one split of a TFRecord directory into numpy arrays.
+
+    Args:
+        directory: a `make_tfrecords` directory.
+        split: a split of its `dataset_info.json`.
+        info: its `DatasetInfo` (read when None).
+        image_shape: (H, W, C) to decode to (default: `info.image_shape`);
+            each stored image is resized once, by `parse_example`.
 
     Returns:
         dict: images uint8 [N, H, W, C], labels int64 [N], ids (str [N]),
@@ -292,7 +290,8 @@ def load_split_arrays(directory, split, info=None):
     """
     info = info or DatasetInfo.load(directory)
     dataset = make_dataset(
-        info.file_pattern(split, directory), info.image_shape,
+        info.file_pattern(split, directory),
+        tuple(image_shape or info.image_shape),
         embedding_dim=info.embedding_dim, num_parallel_reads=1,
     ).batch(1024)
     parts = {"images": [], "labels": [], "ids": [], "captions": [],
@@ -415,6 +414,8 @@ def write_image_files(directory, split, output_dir, info=None):
     """
     import tensorflow as tf
 
+    from shrewd_tf.data import preprocess
+
     info = info or DatasetInfo.load(directory)
     root = os.path.realpath(output_dir)
     count = 0
@@ -428,8 +429,8 @@ def write_image_files(directory, split, output_dir, info=None):
             )
         image = bytes(record.image)
         if not image.startswith(PNG_SIGNATURE):
-            decoded = tf.io.decode_image(
-                image, channels=int(info.image_shape[2]), expand_animations=False
+            decoded = preprocess.decode_image(
+                image, channels=int(info.image_shape[2])
             )
             image = tf.io.encode_png(decoded).numpy()
         os.makedirs(os.path.dirname(path), exist_ok=True)

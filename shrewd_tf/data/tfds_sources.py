@@ -8,7 +8,8 @@ Sources:
   user-given, already prepared `data_dir`; nothing is ever downloaded.
 
 Pipeline: `make_image_dataset` turns arrays or a `(image, label)` dataset into
-batches of per-channel standardised float32 images with the CIFAR
+batches of per-channel standardised float32 images (`preprocess.
+preprocess_image`, the exported model's preprocessing) with the CIFAR
 augmentations (random horizontal flip, random shifts) for training.
 """
 
@@ -19,6 +20,7 @@ import os
 import numpy as np
 import tensorflow as tf
 
+from shrewd_tf.data import preprocess
 from shrewd_tf.semantics import class_synsets
 
 logger = logging.getLogger(__name__)
@@ -330,12 +332,15 @@ def make_image_dataset(
 ):
     """Builds a batched tf.data pipeline of standardised images and labels.
 
-    Per element, in order: cast to float32, resize to `image_size` (bilinear,
-    aspect ratio not kept), standardise `(x - mean) / std` per channel, tile
-    grayscale to `num_channels`, then (when augmenting) a random horizontal
-    flip and a random shift of up to `shift_fraction` of the height/width
-    with zero fill (zero = the channel mean after standardisation). Shuffling
-    happens before the map, batching after it, then `prefetch(AUTOTUNE)`.
+    Per element, in order: `preprocess.preprocess_image` (grayscale tiled
+    to `num_channels`; resized to `image_size`, bilinear with antialiasing,
+    aspect ratio not kept, and rounded to whole pixel values; standardised
+    `(x - mean) / std` per channel), then (when augmenting) a random
+    horizontal flip and a random shift of up to `shift_fraction` of the
+    height/width with zero fill (zero = the channel mean after
+    standardisation). Uint8 images of the right size and channel count are
+    only standardised. Shuffling happens before the map, batching after it,
+    then `prefetch(AUTOTUNE)`.
 
     Randomness is stateless and seeded: with a `seed`, two pipelines built
     alike yield identical batches; each new iteration (epoch) reshuffles and
@@ -359,7 +364,8 @@ def make_image_dataset(
             `channel_statistics` when `training`; required otherwise (pass
             the TRAINING statistics for evaluation data).
         normalize: bool; False skips standardisation (for a model that
-            normalises inside its graph).
+            normalises inside its graph): images come out as float32
+            whole pixel values.
         image_size: None or (height, width) to resize to. Needed for
             datasets whose images differ in size (ImageNet).
         num_channels: None, or 3 to tile 1-channel images to RGB.
@@ -426,6 +432,20 @@ def make_image_dataset(
         dataset = tf.data.Dataset.from_tensor_slices((images, labels))
         default_buffer = max(len(images), 1)
 
+    source_shape = dataset.element_spec[0].shape
+    if source_shape.rank != 3 or source_shape[2] is None or (
+        image_size is None and None in source_shape[:2]
+    ):
+        raise ValueError(
+            "images must be [H, W, C] each with a known C, and image_size "
+            "is needed when their sizes differ. Received: image shape "
+            f"{tuple(source_shape)}"
+        )
+    shape = (
+        *(image_size or (int(source_shape[0]), int(source_shape[1]))),
+        num_channels or int(source_shape[2]),
+    )
+
     if normalize and (mean is None) != (std is None):
         raise ValueError(
             f"Give both mean and std or neither. Received: mean={mean}, "
@@ -461,17 +481,13 @@ def make_image_dataset(
     )
     dataset = tf.data.Dataset.zip((dataset, element_seeds))
 
-    def preprocess(example, element_seed):
+    def map_element(example, element_seed):
         image, label = example
-        image = tf.cast(image, tf.float32)
-        if image_size is not None:
-            image = tf.image.resize(image, image_size, method="bilinear")
         if normalize:
-            image = (image - mean) / std
-        if num_channels == 3:
-            image = tf.broadcast_to(
-                image, tf.concat([tf.shape(image)[:-1], [3]], axis=0)
-            )
+            image = preprocess.preprocess_image(image, shape, mean, std)
+        else:
+            image = tf.cast(preprocess.preprocess_image(image, shape),
+                            tf.float32)
         if augment:
             if flip:
                 image = tf.image.stateless_random_flip_left_right(
@@ -498,7 +514,7 @@ def make_image_dataset(
         return image, label
 
     dataset = dataset.map(
-        preprocess, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        map_element, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
     )
     dataset = dataset.batch(global_batch_size, drop_remainder=drop_remainder)
     return dataset.prefetch(tf.data.AUTOTUNE)

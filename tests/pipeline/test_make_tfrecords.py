@@ -10,10 +10,10 @@ from pipeline import make_tfrecords
 from pipeline.dead_letters import read_dead_letters
 from shrewd_tf.data import records as data
 from shrewd_tf.data import tfds_sources as datasets
-from tests.pipeline.test_transforms import CLASS_NAMES
-from tests.pipeline.test_transforms import write_captions_folder
-from tests.pipeline.test_transforms import write_fake_fashion_mnist
-from tests.shrewd_tf.data.test_image_folder import reference_halving
+from tests.support.image_sources import CLASS_NAMES
+from tests.support.image_sources import reference_halving
+from tests.support.image_sources import write_captions_folder
+from tests.support.image_sources import write_fake_fashion_mnist
 
 
 def shard_names(directory, split):

@@ -1,15 +1,10 @@
 """Tests for pipeline.transforms, each on a TestPipeline with assert_that."""
 
-import gzip
 import hashlib
-import json
-import os
-import struct
 
 import apache_beam as beam
 import numpy as np
 import pytest
-import tensorflow as tf
 from apache_beam.testing import test_pipeline
 from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
@@ -17,97 +12,16 @@ from apache_beam.testing.util import equal_to
 from pipeline import transforms
 from shrewd_tf.data import records as data
 from shrewd_tf.data import tfds_sources as datasets
+from tests.support.image_sources import CLASS_NAMES
+from tests.support.image_sources import decode
+from tests.support.image_sources import pixels
+from tests.support.image_sources import write_captions_folder
+from tests.support.image_sources import write_fake_fashion_mnist
 
 
 def make_pipeline():
     # FnApiRunner: DirectRunner would first try to fetch the Prism binary.
     return test_pipeline.TestPipeline(runner="FnApiRunner")
-
-
-def pixels(height, width, channels, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-
-
-def decode(encoded):
-    return tf.io.decode_image(encoded, expand_animations=False).numpy()
-
-
-# === Fixtures shared with test_make_tfrecords ===
-
-
-def write_idx(path, array):
-    """uint8 `array` -> gzip IDX file; header written by hand (big-endian)."""
-    array = np.asarray(array, np.uint8)
-    header = struct.pack(">I", 0x0800 + array.ndim) + b"".join(
-        struct.pack(">I", d) for d in array.shape)
-    with gzip.open(path, "wb") as f:
-        f.write(header + array.tobytes())
-
-
-def write_fake_fashion_mnist(directory, counts=(("train", 10), ("test", 4))):
-    """Random 28x28 IDX splits in `directory` -> {split: (images, labels)}."""
-    os.makedirs(directory, exist_ok=True)
-    rng = np.random.default_rng(0)
-    arrays = {}
-    for split, count in counts:
-        images = rng.integers(0, 256, (count, 28, 28), dtype=np.uint8)
-        labels = rng.integers(0, 10, count).astype(np.uint8)
-        images_name, labels_name = datasets.FASHION_MNIST_FILES[split]
-        write_idx(os.path.join(directory, images_name), images)
-        write_idx(os.path.join(directory, labels_name), labels)
-        arrays[split] = (images, labels)
-    return arrays
-
-
-CLASS_NAMES = ("cat", "dog")
-
-
-def write_captions_folder(directory):
-    """A captions.jsonl with good rows and one of each problem.
-
-    Returns:
-        (path, {id: (label, caption, decoded image file)} of the good rows,
-        {id: dead-letter stage} of the bad ones).
-    """
-    os.makedirs(os.path.join(directory, "img"), exist_ok=True)
-    good, bad, rows = {}, {}, []
-
-    def add(record_id, image_name, caption, label, content=None):
-        if content is not None:
-            with open(os.path.join(directory, "img", image_name), "wb") as f:
-                f.write(content)
-        rows.append({"id": record_id, "image": f"img/{image_name}",
-                     "caption": caption, "label": label})
-
-    for i, (name, encode) in enumerate([
-        ("g0.png", lambda a: data.encode_png(a)),
-        ("g1.jpg", lambda a: tf.io.encode_jpeg(a, quality=100).numpy()),
-        ("g2.png", lambda a: data.encode_png(a)),
-    ]):
-        encoded = encode(pixels(8, 8, 3, seed=i))
-        add(f"good{i}", name, f"a photo {i}", CLASS_NAMES[i % 2], encoded)
-        good[f"good{i}"] = (i % 2, f"a photo {i}", decode(encoded))
-    add("missing", "missing.png", "gone", "cat")
-    bad["missing"] = "read_image"
-    add("corrupt", "corrupt.png", "broken", "dog", b"\x89PNG this is not")
-    bad["corrupt"] = "decode_image"
-    add("nocaption", "n.png", "  ", "cat", data.encode_png(pixels(8, 8, 3)))
-    bad["nocaption"] = "check_row"
-    add("zebra", "z.png", "a zebra", "zebra", data.encode_png(pixels(8, 8, 3)))
-    bad["zebra"] = "check_row"
-    add("tiny", "t.png", "tiny", "cat", data.encode_png(pixels(4, 4, 3)))
-    bad["tiny"] = "check_image"
-    path = os.path.join(directory, "captions.jsonl")
-    with open(path, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-        f.write(json.dumps({"id": "good0", "image": "img/g2.png",
-                            "caption": "again", "label": "cat"}) + "\n")
-        f.write("{broken json\n")
-    bad["good0#dup"] = "duplicate_id"
-    bad["parse"] = "parse_row"
-    return path, good, bad
 
 
 # === Fashion-MNIST ===

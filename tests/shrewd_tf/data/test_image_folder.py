@@ -8,15 +8,9 @@ import tensorflow as tf
 
 from shrewd_tf.data import records as data
 from shrewd_tf.data import image_folder
-
-
-def pixels(height, width, channels, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (height, width, channels), dtype=np.uint8)
-
-
-def decode(encoded):
-    return tf.io.decode_image(encoded, expand_animations=False).numpy()
+from tests.support.image_sources import decode
+from tests.support.image_sources import pixels
+from tests.support.image_sources import reference_halving
 
 
 # === Captions files ===
@@ -198,28 +192,6 @@ def test_channel_conversions_match_numpy():
     out, _ = image_folder.prepare_image(data.encode_png(grey), 4, (8, 8))
     np.testing.assert_array_equal(decode(out)[..., :3], np.repeat(grey, 3, -1))
     assert np.all(decode(out)[..., 3] == 255)
-
-
-def reference_halving(image):
-    """2x downscale with an antialiased bilinear (triangle) kernel.
-
-    Output pixel i is centred at input coordinate 2i + 1; input pixel j at
-    j + 0.5; the kernel is stretched by the scale 2: w = max(0, 1 - d / 2),
-    renormalised over the input pixels inside the image.
-    """
-    def axis_weights(n_in):
-        n_out = n_in // 2
-        weights = np.zeros((n_out, n_in))
-        for i in range(n_out):
-            for j in range(n_in):
-                weights[i, j] = max(0.0, 1 - abs(j + 0.5 - (2 * i + 1)) / 2)
-            weights[i] /= weights[i].sum()
-        return weights
-
-    rows = axis_weights(image.shape[0])
-    cols = axis_weights(image.shape[1])
-    out = np.einsum("ij,jkc,lk->ilc", rows, image.astype(np.float64), cols)
-    return np.clip(np.round(out), 0, 255)
 
 
 def test_downscale_matches_triangle_kernel_reference():
