@@ -21,13 +21,17 @@ Signatures (all decode/resize/standardise inside the graph, so clients send
 raw images; only core TensorFlow ops, no ScaNN/Text/Addons ops):
 
 * `serving_default` (= `encode_images`): `images` tf.string [N] of encoded
-  PNG/JPEG/BMP/GIF bytes (base64 only in REST JSON), decoded to C channels,
-  resized to H x W (bilinear) and rounded to whole pixel values (as stored
-  training images are) -> `code` float32 [N, d], `bits` uint8 [N, d / 8].
-* `encode_pixels`: `pixels` float32 [N, h, w, C], values 0..255 (any h, w:
-  resized bilinearly, not rounded) -> the same outputs.
+  PNG/JPEG/BMP/GIF bytes (base64 only in REST JSON) -> `code` float32
+  [N, d], `bits` uint8 [N, d / 8].
+* `encode_pixels`: `pixels` float32 [N, h, w, C], values 0..255, any h, w
+  -> the same outputs.
 
-Both standardise `(x - mean) / std` with the run's `preprocessing.json`.
+Both run `preprocess.preprocess_image` with the run's `preprocessing.json`
+(image_shape, mean, std): the one function that also made the training and
+evaluation inputs and the stored TFRecord images (channels converted,
+resized to H x W with antialiased bilinear, rounded to uint8, then
+`(x - mean) / std`). So a client's original image gives the code the model
+was evaluated with, whatever source it was trained from.
 
 `bits` packs `code > 0.5` MSB-first, like `np.packbits(code > 0.5, axis=1)`
 and `index.pack_codes`: bit j is bit 7 - j % 8 of byte j // 8.
@@ -79,9 +83,8 @@ class ImagePreprocessing:
     """What turns uint8 pixels into the model input: `(x - mean) / std`.
 
     Attributes:
-        image_shape: (H, W, C), the model input size; images are resized to
-            H x W (bilinear, aspect ratio not kept), as in
-            `datasets.make_image_dataset`.
+        image_shape: (H, W, C), the model input size; images are brought
+            to it by `preprocess.preprocess_image`, as in training.
         mean: C floats (or 1, broadcast), per-channel mean in 0..255 pixel
             units.
         std: C floats (or 1), per-channel standard deviation, > 0.
@@ -277,40 +280,31 @@ def _add_endpoints(archive, model, preprocessing):
     """Adds `encode_images` (-> serving_default) and `encode_pixels`."""
     import tensorflow as tf
 
-    height, width, channels = preprocessing.image_shape
-    mean = tf.constant(preprocessing.mean, tf.float32)
-    std = tf.constant(preprocessing.std, tf.float32)
+    from shrewd_tf.data import preprocess
 
-    def encode_pixels(pixels):
-        images = tf.image.resize(
-            tf.cast(pixels, tf.float32), (height, width), method="bilinear"
-        )
-        outputs = model((images - mean) / std, training=False)
+    image_shape = preprocessing.image_shape
+    mean, std = preprocessing.mean, preprocessing.std
+
+    def encode(images):
+        outputs = model(images, training=False)
         code = tf.cast(outputs[CODE_OUTPUT], tf.float32)
         return {CODE_OUTPUT: code, BITS_OUTPUT: pack_bits(code)}
 
-    def decode(encoded):
-        image = tf.io.decode_image(
-            encoded, channels=channels, dtype=tf.uint8,
-            expand_animations=False,
+    def encode_pixels(pixels):
+        return encode(
+            preprocess.preprocess_image(pixels, image_shape, mean, std)
         )
-        image = tf.image.resize(
-            tf.cast(image, tf.float32), (height, width), method="bilinear"
-        )
-        # Back to whole pixel values, as the training images were stored
-        # after resizing (uint8); a no-op when no resize was needed.
-        image = tf.clip_by_value(tf.round(image), 0.0, 255.0)
-        return tf.ensure_shape(image, (height, width, channels))
 
     def encode_images(images):
-        pixels = tf.map_fn(
-            decode,
-            images,
-            fn_output_signature=tf.TensorSpec(
-                (height, width, channels), tf.float32
-            ),
+        return encode(
+            tf.map_fn(
+                lambda image: preprocess.preprocess_image(
+                    image, image_shape, mean, std
+                ),
+                images,
+                fn_output_signature=tf.TensorSpec(image_shape, tf.float32),
+            )
         )
-        return encode_pixels(pixels)
 
     archive.track(model)
     archive.add_endpoint(
@@ -323,7 +317,8 @@ def _add_endpoints(archive, model, preprocessing):
         encode_pixels,
         input_signature=[
             tf.TensorSpec(
-                [None, None, None, channels], tf.float32, name=PIXELS_INPUT
+                [None, None, None, image_shape[-1]], tf.float32,
+                name=PIXELS_INPUT,
             )
         ],
     )

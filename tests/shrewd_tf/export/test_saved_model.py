@@ -12,8 +12,10 @@ from tensorflow_serving.apis import prediction_log_pb2
 from tensorflow_serving.config import model_server_config_pb2
 
 from shrewd_tf import config as config_lib
+from shrewd_tf.data import preprocess
 from shrewd_tf.export import saved_model as export
 from shrewd_tf.training import trainer
+from tests.support.image_sources import reference_halving
 
 IMAGE_SHAPE = (12, 12, 3)
 MEAN = [101.0, 117.0, 96.0]
@@ -168,30 +170,31 @@ def test_pack_bits_is_msb_first():
 
 
 def test_images_are_resized_to_the_model_input(run, exported):
-    # Bilinear 2x downsampling with half-pixel centres (the training
-    # resize) is the mean of each 2x2 block; nearest would pick one pixel.
-    # Decoded images are then rounded to whole pixels (half to even, like
-    # np.round); float pixels are not.
+    # Both signatures run preprocess.preprocess_image: antialiased bilinear
+    # (at 2x a triangle kernel over 4 x 4 input pixels, not the 2 x 2 block
+    # mean of plain bilinear), then whole pixel values, as stored.
     _, model, mean, std = run
     large = random_images(3, shape=(24, 24, 3), seed=1)
-    blocks = large.astype(np.float64).reshape(3, 12, 2, 12, 2, 3)
-    block_means = blocks.mean(axis=(2, 4))
-    assert np.any(block_means != np.round(block_means))
+    stored = preprocess.preprocess_image(large, IMAGE_SHAPE).numpy()
+    for image, pixels in zip(large, stored):
+        assert np.abs(pixels - reference_halving(image)).max() <= 1
+    block_means = large.astype(np.float64).reshape(3, 12, 2, 12, 2, 3)
+    assert np.abs(stored - block_means.mean(axis=(2, 4))).max() > 1
+    expected = keras_codes(model, stored, mean, std)
     signatures = exported[2].signatures
     served = signatures["serving_default"](
         images=tf.constant([png(image) for image in large])
     )
-    np.testing.assert_allclose(
-        served["code"].numpy(),
-        keras_codes(model, np.round(block_means), mean, std),
-        atol=1e-5,
-    )
-    pixels = signatures["encode_pixels"](pixels=tf.constant(large, tf.float32))
-    np.testing.assert_allclose(
-        pixels["code"].numpy(),
-        keras_codes(model, block_means, mean, std),
-        atol=1e-5,
-    )
+    np.testing.assert_allclose(served["code"].numpy(), expected, atol=1e-5)
+    # Float pixels are rounded to whole values too: stored pixels 0.3 off
+    # (already the model size, so not resized) give the stored codes.
+    for values in (large, stored + 0.3):
+        pixels = signatures["encode_pixels"](
+            pixels=tf.constant(values, tf.float32)
+        )
+        np.testing.assert_allclose(
+            pixels["code"].numpy(), expected, atol=1e-5
+        )
 
 
 def test_jpeg_images_decode(run, exported):
@@ -233,7 +236,7 @@ def test_undecodable_bytes_are_an_invalid_argument(exported):
 
 def test_graph_has_only_core_tensorflow_ops(exported):
     op_types = export.saved_model_op_types(exported[1])
-    assert {"DecodeImage", "ResizeBilinear", "Conv2D"} <= op_types
+    assert {"DecodeImage", "ScaleAndTranslate", "Conv2D"} <= op_types
     assert export.non_core_ops(op_types) == []
     assert not [
         op for op in op_types
