@@ -5,7 +5,10 @@ metadata)`: the record's encoded image bytes go through one string-input
 signature of a SavedModel (`serving_default` of an export takes encoded
 images tf.string [N] and returns {"code": float32 [N, d], "bits": ...}),
 and the float code of each image comes back with the record's label,
-label_name, caption and image_uri.
+label_name, caption and image_uri. Nothing here decodes or resizes: the
+signature runs `preprocess.preprocess_image` in its graph, the function
+that made the training inputs, so records stored by `make_tfrecords` (or
+original image files) get the codes the model was evaluated with.
 
 The SavedModel is loaded once per worker by `SavedModelEncoderHandler`
 (a Beam `ModelHandler`, wrapped in a `KeyedModelHandler` so each image keeps

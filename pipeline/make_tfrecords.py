@@ -20,10 +20,12 @@ Sources (`--source`):
 
 Images: `--image-size H,W` and `--channels C` give the shape training
 decodes to (defaults: the source's own, 3 channels for captions). Images of
-another size or channel count are converted, resized (bilinear,
-antialiased) and re-encoded as PNG, unless `--keep-image-bytes`: then files
-are stored as they are (training's `data.parse_example` resizes them) and
-images with another channel count are rejected. Images smaller than
+another size or channel count go through `preprocess.preprocess_image`
+(channels converted, resized with antialiased bilinear, rounded to uint8;
+what training and the exported model run too) and are re-encoded as PNG,
+unless `--keep-image-bytes`: then files are stored as they are (training's
+`data.parse_example` runs the same function on them) and images with
+another channel count are rejected. Images smaller than
 `--min-image-size` (default 8,8) are rejected.
 
 Output (`--output-dir`, swapped in whole on success, see

@@ -471,8 +471,9 @@ class PrepareImages(beam.PTransform):
 
     Applies `image_folder.prepare_image` to each record's image: decode,
     reject too small images, convert to `channels` and resize to
-    `image_size` (re-encoded PNG), or keep the bytes when `image_size` is
-    None (then another channel count is rejected).
+    `image_size` with `preprocess.preprocess_image` (re-encoded PNG), or
+    keep the bytes when `image_size` is None (then another channel count
+    is rejected).
     """
 
     def __init__(self, channels, image_size=None, min_size=(1, 1)):
