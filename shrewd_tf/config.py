@@ -12,10 +12,13 @@ Example:
 
 import dataclasses
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from dataclasses import field
+
+# Re-exported for the callers of `config.write_text_atomically`; new code
+# imports it from `shrewd_tf.io`.
+from shrewd_tf.io import write_text_atomically  # noqa: F401
+from shrewd_tf.io import write_json_atomically
 
 # The paper's ablations (Tables 2 and 3): which terms of eq. 1 are on.
 LOSS_SETS = {
@@ -319,8 +322,8 @@ class ExperimentConfig:
         return self.with_overrides(overrides)
 
     def save_json(self, path):
-        """Writes the config as JSON, atomically."""
-        write_text_atomically(path, json.dumps(self.to_dict(), indent=2))
+        """Writes the config as JSON, atomically (`shrewd_tf.io`)."""
+        write_json_atomically(path, self.to_dict())
 
 
 def _build_section(section_cls, values, section_name):
@@ -337,21 +340,3 @@ def _build_section(section_cls, values, section_name):
             value = tuple(value)
         kwargs[key] = value
     return section_cls(**kwargs)
-
-
-def write_text_atomically(path, text):
-    """Writes `text` to `path` via a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp_path = tempfile.mkstemp(dir=directory, prefix=".tmp-")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp's 0600 -> the usual mode
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.unlink(tmp_path)
-        raise

@@ -27,7 +27,8 @@ import os
 import numpy as np
 
 from shrewd_tf.evaluation import metrics
-from shrewd_tf.config import write_text_atomically
+from shrewd_tf.io import atomic_path
+from shrewd_tf.io import write_text_atomically
 
 CURVE_KS = np.unique(np.geomspace(1, 250, 40).round().astype(int))
 NEAR_BINARY_TOLERANCE = 0.1  # a code value within this of 0 or 1
@@ -68,10 +69,9 @@ def _pyplot():
 
 
 def _save(figure, path):
-    """Saves a figure atomically (temp file + rename)."""
-    tmp = f"{path}.tmp.png"
-    figure.savefig(tmp, dpi=100, bbox_inches="tight")
-    os.replace(tmp, path)
+    """Saves a figure atomically (`shrewd_tf.io.atomic_path`)."""
+    with atomic_path(path) as temp:
+        figure.savefig(temp, dpi=100, bbox_inches="tight")
 
 
 def plot_hp_curves(runs, path, ks=CURVE_KS):

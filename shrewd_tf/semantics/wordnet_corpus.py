@@ -17,8 +17,9 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 from pathlib import Path
+
+from shrewd_tf.io import staged_directory
 
 DEBIAN_WORDNET_DIR = "/usr/share/wordnet"
 DEBIAN_WORDNET_LICENSE = "/usr/share/doc/wordnet-base/copyright"
@@ -128,9 +129,10 @@ def build_nltk_wordnet(
 ):
     """Builds an NLTK WordNet corpus from the Debian WordNet files.
 
-    Copies the Debian files into a temporary directory beside the target,
-    writes `lexnames`, then renames the directory into place, so a reader
-    never sees a half-written corpus. Does nothing when a complete corpus
+    Copies the Debian files into a staging directory beside the target,
+    writes `lexnames`, then renames the directory into place
+    (`shrewd_tf.io.staged_directory`), so a reader never sees a
+    half-written corpus. Does nothing when a complete corpus
     is already there, unless `force`.
 
     Args:
@@ -167,43 +169,24 @@ def build_nltk_wordnet(
                 f"holding them. Received: source_dir={source_dir}"
             )
 
-    corpus_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(
-        tempfile.mkdtemp(prefix=".wordnet-staging-", dir=corpus_dir.parent)
-    )
     try:
-        for name in WORDNET_DATA_FILES:
-            shutil.copyfile(source_dir / name, staging / name)
-        (staging / "lexnames").write_text(lexnames_text(), encoding="ascii")
-        if os.path.isfile(DEBIAN_WORDNET_LICENSE):
-            shutil.copyfile(DEBIAN_WORDNET_LICENSE, staging / "LICENSE")
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        staging.chmod(0o755)
-        _move_into_place(staging, corpus_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
-    _LOG.info("Built WordNet corpus %s from %s", corpus_dir, source_dir)
-    return corpus_dir
-
-
-def _move_into_place(staging, corpus_dir):
-    """Renames `staging` to `corpus_dir`, replacing an old corpus if any."""
-    if corpus_dir.exists():
-        # Rename the old corpus aside first: `rename` cannot replace a
-        # non-empty directory.
-        old = Path(
-            tempfile.mkdtemp(prefix=".wordnet-old-", dir=corpus_dir.parent)
-        )
-        os.rename(corpus_dir, old / "wordnet")
-        os.rename(staging, corpus_dir)
-        shutil.rmtree(old)
-        return
-    try:
-        os.rename(staging, corpus_dir)
-    except OSError:
+        with staged_directory(corpus_dir, prefix=".staging-") as staging:
+            staging = Path(staging)
+            for name in WORDNET_DATA_FILES:
+                shutil.copyfile(source_dir / name, staging / name)
+            (staging / "lexnames").write_text(
+                lexnames_text(), encoding="ascii"
+            )
+            if os.path.isfile(DEBIAN_WORDNET_LICENSE):
+                shutil.copyfile(DEBIAN_WORDNET_LICENSE, staging / "LICENSE")
+            for path in staging.iterdir():
+                path.chmod(0o644)
+            staging.chmod(0o755)
+    except FileExistsError:
         # A concurrent build won the race; keep its (identical) corpus.
         if not is_complete_corpus(corpus_dir):
             raise
         _LOG.info("WordNet corpus built concurrently: %s", corpus_dir)
+        return corpus_dir
+    _LOG.info("Built WordNet corpus %s from %s", corpus_dir, source_dir)
+    return corpus_dir

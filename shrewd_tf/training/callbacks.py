@@ -6,6 +6,8 @@ import time
 import keras
 import numpy as np
 
+from shrewd_tf.contract import CODE_OUTPUT
+from shrewd_tf.contract import LOGITS_OUTPUT
 from shrewd_tf.evaluation import evaluate as evaluation
 
 log = logging.getLogger(__name__)
@@ -37,7 +39,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
 
     def __init__(
         self, dataset, labels, class_similarity, every=1, k=250,
-        code_output="code",
+        code_output=CODE_OUTPUT,
     ):
         super().__init__()
         self.dataset = dataset
@@ -59,7 +61,7 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             self.labels,
             self.class_similarity,
             k=self.k,
-            logits=outputs.get("logits"),
+            logits=outputs.get(LOGITS_OUTPUT),
         )
         values = {
             key: values[key]

@@ -18,15 +18,12 @@ import keras
 import tensorflow as tf
 
 from shrewd_tf import losses as losses_lib
+from shrewd_tf.contract import CODE_OUTPUT
+from shrewd_tf.contract import EMBEDDING_OUTPUT
+from shrewd_tf.contract import KL_OUTPUT
+from shrewd_tf.contract import LOGITS_OUTPUT
 
 PRECISION_POLICIES = ("float32", "mixed_float16", "mixed_bfloat16")
-
-# The code appears twice among the model's outputs so that Keras can attach
-# the similarity loss and the KL loss to it separately (and log both).
-CODE_OUTPUT = "code"
-KL_OUTPUT = "code_kl"
-LOGITS_OUTPUT = "logits"
-EMBEDDING_OUTPUT = "embedding"
 
 
 # === Devices and strategies ===

@@ -1,6 +1,7 @@
 """`train(config)`: one SHREWD training run with `model.fit`, end to end.
 
-Writes under `config.train.output_dir`:
+Writes under `config.train.output_dir` (the names are in
+`shrewd_tf.contract`; "atomic" is `shrewd_tf.io`):
 
 * `config.json` — the full ExperimentConfig of the run;
 * `backup/` — `keras.callbacks.BackupAndRestore` state: a killed run
@@ -21,28 +22,27 @@ Writes under `config.train.output_dir`:
 """
 
 import dataclasses
-import json
 import logging
 import os
 import sys
-import tempfile
 import time
 
 import keras
 
-from shrewd_tf.training import callbacks as callbacks_lib
-from shrewd_tf import config as config_lib
-from shrewd_tf.evaluation import evaluate as evaluation
+from shrewd_tf import contract
 from shrewd_tf.data import pipelines as inputs
+from shrewd_tf.evaluation import evaluate as evaluation
+from shrewd_tf.io import atomic_path
+from shrewd_tf.io import write_json_atomically
 from shrewd_tf.models import shrewd_model as models
 from shrewd_tf.semantics import distances as semantics
+from shrewd_tf.training import callbacks as callbacks_lib
 from shrewd_tf.training import objective as training
 
 log = logging.getLogger(__name__)
 
 # Training batches averaged into the batch-norm statistics after fit.
 BATCH_NORM_RECALIBRATION_STEPS = 50
-PREPROCESSING_FILE = "preprocessing.json"
 # Queries of the per-epoch caption Kendall tau (each against the whole
 # validation subset).
 VALIDATION_KENDALL_QUERIES = 250
@@ -139,8 +139,8 @@ def write_preprocessing(data, output_dir):
         "mean": [float(v) for v in data.mean],
         "std": [float(v) for v in data.std],
     }
-    path = os.path.join(output_dir, PREPROCESSING_FILE)
-    config_lib.write_text_atomically(path, json.dumps(payload, indent=2) + "\n")
+    path = os.path.join(output_dir, contract.PREPROCESSING_FILE)
+    write_json_atomically(path, payload)
     return path
 
 
@@ -214,8 +214,9 @@ class CaptionRetrievalEvaluation(keras.callbacks.Callback):
             return
         outputs = evaluation.predict_outputs(self.model, self.dataset)
         values = evaluation.retrieval_metrics(
-            outputs["code"], self.labels, None, k=self.k,
-            logits=outputs.get("logits"), embeddings=self.embeddings,
+            outputs[contract.CODE_OUTPUT], self.labels, None, k=self.k,
+            logits=outputs.get(contract.LOGITS_OUTPUT),
+            embeddings=self.embeddings,
             kendall_queries=self.kendall_queries,
         )
         values = {key: values[key] for key in self.KEYS if key in values}
@@ -252,17 +253,9 @@ def _validation_callback(config, data):
 
 
 def save_model_atomically(model, path):
-    """Saves a .keras file via a temporary file and a rename."""
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(dir=directory, suffix=".keras")
-    os.close(handle)
-    try:
-        model.save(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Saves a .keras file atomically (`shrewd_tf.io.atomic_path`)."""
+    with atomic_path(path, suffix=".keras") as temp:
+        model.save(temp)
 
 
 def train(config, data=None, extra_callbacks=(), verbose="auto"):
@@ -303,7 +296,7 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         )
     out = train_cfg.output_dir
     os.makedirs(out, exist_ok=True)
-    config.save_json(os.path.join(out, "config.json"))
+    config.save_json(os.path.join(out, contract.CONFIG_FILE))
     log.info(
         "training %s (%s) on %d images: %d replicas x %d = %d per step, "
         "%d steps/epoch, %d epochs, precision %s",
@@ -341,16 +334,22 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
     )
     callbacks = [
         _validation_callback(config, data),
-        keras.callbacks.BackupAndRestore(os.path.join(out, "backup")),
+        keras.callbacks.BackupAndRestore(
+            os.path.join(out, contract.BACKUP_DIR)
+        ),
         keras.callbacks.ModelCheckpoint(
-            os.path.join(out, "checkpoints", "epoch-{epoch:03d}.weights.h5"),
+            os.path.join(
+                out, contract.CHECKPOINTS_DIR, contract.CHECKPOINT_FILE_PATTERN
+            ),
             save_weights_only=True,
         ),
-        keras.callbacks.TensorBoard(os.path.join(out, "logs")),
-        keras.callbacks.CSVLogger(os.path.join(out, "history.csv"), append=True),
+        keras.callbacks.TensorBoard(os.path.join(out, contract.LOGS_DIR)),
+        keras.callbacks.CSVLogger(
+            os.path.join(out, contract.HISTORY_FILE), append=True
+        ),
         *extra_callbacks,
     ]
-    os.makedirs(os.path.join(out, "checkpoints"), exist_ok=True)
+    os.makedirs(os.path.join(out, contract.CHECKPOINTS_DIR), exist_ok=True)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
@@ -370,7 +369,7 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
             steps=BATCH_NORM_RECALIBRATION_STEPS,
         )
     log.info("recalibrated %d batch-norm layers", recalibrated)
-    save_model_atomically(model, os.path.join(out, "model.keras"))
+    save_model_atomically(model, os.path.join(out, contract.MODEL_FILE))
     write_preprocessing(data, out)
 
     test_outputs = evaluation.predict_outputs(
