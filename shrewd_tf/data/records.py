@@ -30,7 +30,8 @@ import os
 
 import numpy as np
 
-from shrewd_tf.config import write_text_atomically
+from shrewd_tf.io import write_bytes_atomically
+from shrewd_tf.io import write_text_atomically
 
 FORMAT_VERSION = 1
 NO_LABEL = -1
@@ -433,10 +434,6 @@ def write_image_files(directory, split, output_dir, info=None):
                 image, channels=int(info.image_shape[2])
             )
             image = tf.io.encode_png(decoded).numpy()
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(image)
-        os.replace(tmp, path)
+        write_bytes_atomically(path, image, fsync=False)
         count += 1
     return count
