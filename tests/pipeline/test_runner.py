@@ -14,7 +14,7 @@ from pipeline import pipeline_config
 from pipeline import runner
 from pipeline import stages as stages_lib
 from shrewd_tf.retrieval import base as index_lib
-from tests.pipeline.test_transforms import write_fake_fashion_mnist
+from tests.support.image_sources import write_fake_fashion_mnist
 from tests.paths import REPO_ROOT
 
 STAGES = ("example_gen", "semantics", "trainer", "evaluator", "exporter",
