@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from shrewd_tf.evaluation import metrics
+from shrewd_tf.ops.bits import binarise
 
 
 def make_codes(rng, num, centres, spread):
@@ -28,7 +29,7 @@ def make_codes(rng, num, centres, spread):
 def naive_scores(query, query_labels, db, db_labels, sim, k, binary):
     """(mean AHP@k, mean AP@k) with one full argsort per query."""
     if binary:
-        query, db = query > 0.5, db > 0.5
+        query, db = binarise(query), binarise(db)
     counts = np.bincount(db_labels, minlength=sim.shape[0])
     ahps, aps = [], []
     for q, label in zip(query, query_labels):

@@ -6,8 +6,10 @@ Heavy imports (TensorFlow, NLTK) happen inside the subcommand functions, so
 
 import argparse
 import logging
+import os
 import sys
 
+from shrewd_tf import contract
 from shrewd_tf.semantics import wordnet_corpus
 
 
@@ -100,7 +102,8 @@ def _zero_shot(args):
         config, args.output_dir, holdout, loss_sets=args.losses.split(","),
         database=args.database,
     )
-    with open(f"{args.output_dir}/zero_shot.md") as f:
+    table = os.path.join(args.output_dir, experiments.ZERO_SHOT_TABLE_FILE)
+    with open(table) as f:
         print(f.read())
     return 0
 
@@ -236,7 +239,11 @@ def build_parser():
     train.set_defaults(run=_train)
 
     evaluate = commands.add_parser(
-        "evaluate", help="evaluate a finished run (metrics.json + .md)",
+        "evaluate",
+        help=(
+            f"evaluate a finished run ({contract.METRICS_FILE} + "
+            f"{contract.METRICS_TABLE_FILE})"
+        ),
     )
     evaluate.add_argument("run_dir", metavar="RUN_DIR")
     evaluate.add_argument("--output", metavar="DIR", default=None)
@@ -272,13 +279,17 @@ def build_parser():
         "export", help="export a run as a TF-Serving SavedModel version",
         description=(
             "Write EXPORT_ROOT/MODEL_NAME/VERSION/ (atomically) with the "
-            "serving_default (encoded images) and encode_pixels signatures "
+            f"{contract.SERVING_SIGNATURE} (= {contract.IMAGES_SIGNATURE}: "
+            f"encoded images) and {contract.PIXELS_SIGNATURE} signatures "
             "and warm-up requests; prints the version directory."
         ),
     )
     export.add_argument(
         "--run-dir", required=True, metavar="DIR",
-        help="finished run: model.keras, preprocessing.json, config.json",
+        help=(
+            f"finished run: {contract.MODEL_FILE}, "
+            f"{contract.PREPROCESSING_FILE}, {contract.CONFIG_FILE}"
+        ),
     )
     export.add_argument(
         "--export-root", required=True, metavar="DIR",

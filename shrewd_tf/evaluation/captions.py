@@ -17,6 +17,7 @@ import logging
 import numpy as np
 
 from shrewd_tf.evaluation import metrics
+from shrewd_tf.ops.bits import binarise
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def kendall_tau_per_query(codes, embeddings, binary=False, queries=None):
             f"Received: codes.shape={codes.shape}, "
             f"embeddings.shape={unit.shape}"
         )
-    points = (codes > 0.5) if binary else codes.astype(np.float64)
+    points = binarise(codes) if binary else codes.astype(np.float64)
     queries = np.arange(len(codes)) if queries is None else np.asarray(queries)
     taus = np.empty(len(queries))
     for row, i in enumerate(queries):

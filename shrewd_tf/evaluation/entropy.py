@@ -15,6 +15,7 @@ import numpy as np
 from scipy import stats
 
 from shrewd_tf.evaluation.ranking import _codes
+from shrewd_tf.ops.bits import binarise
 from shrewd_tf.ops.validation import check_positive_int
 
 __all__ = [
@@ -44,7 +45,7 @@ def binary_entropy(codes, k=1):
     """
     from shrewd_tf.ops import estimators  # pylint: disable=import-outside-toplevel
 
-    bits = (_codes(codes, "codes") > 0.5).astype(np.float64)
+    bits = binarise(_codes(codes, "codes")).astype(np.float64)
     return estimators.knn_entropy(bits, k=k, min_distance=0.5)
 
 
@@ -136,7 +137,7 @@ def binary_entropy_bits(codes, k=1):
     """
     from shrewd_tf.ops import estimators  # pylint: disable=import-outside-toplevel
 
-    bits = (_codes(codes, "codes") > 0.5).astype(np.float64)
+    bits = binarise(_codes(codes, "codes")).astype(np.float64)
     n, d = bits.shape
     k = check_positive_int("k", k)
     if n <= k:

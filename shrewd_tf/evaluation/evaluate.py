@@ -23,11 +23,14 @@ import os
 import numpy as np
 
 from shrewd_tf import config as config_lib
+from shrewd_tf import contract
 from shrewd_tf.evaluation import entropy
 from shrewd_tf.evaluation import metrics
 from shrewd_tf.evaluation.captions import KENDALL_QUERIES
 from shrewd_tf.evaluation.captions import caption_retrieval_metrics
 from shrewd_tf.evaluation.captions import caption_similarity_matrix
+from shrewd_tf.io import write_text_atomically
+from shrewd_tf.ops.bits import binarise
 from shrewd_tf.semantics import distances as semantics
 
 # Column order of the markdown table and its headers.
@@ -54,7 +57,7 @@ def predict_outputs(model, dataset):
     """Runs `model` over a batched dataset; returns {output: np.ndarray}."""
     outputs = model.predict(dataset, verbose=0)
     if not isinstance(outputs, dict):
-        outputs = {"code": outputs}
+        outputs = {contract.CODE_OUTPUT: outputs}
     return {name: np.asarray(value) for name, value in outputs.items()}
 
 
@@ -121,7 +124,8 @@ def retrieval_metrics(
     result.update(metrics.code_statistics(codes))
     result["unique_codes"] = result["distinct_codes"]  # the older name
     result["code_mean"] = float(codes.mean())
-    result["bit_balance"] = float((codes > 0.5).mean())  # mean bit, 0.5 best
+    # The mean bit; 0.5 is best.
+    result["bit_balance"] = float(binarise(codes).mean())
     if logits is not None and labels is not None:
         predicted = np.argmax(np.asarray(logits), axis=1)
         result["accuracy"] = float(np.mean(predicted == labels))
@@ -143,11 +147,13 @@ def experiment_metrics(data, outputs, k=250, kendall_queries=KENDALL_QUERIES):
         else semantics.class_similarity(data.class_distances)
     )
     return retrieval_metrics(
-        outputs["code"],
+        outputs[contract.CODE_OUTPUT],
         data.test_labels if data.labelled else None,
         similarity,
         k=k,
-        logits=outputs.get("logits") if data.labelled else None,
+        logits=(
+            outputs.get(contract.LOGITS_OUTPUT) if data.labelled else None
+        ),
         embeddings=data.test_embeddings,
         kendall_queries=kendall_queries,
     )
@@ -223,13 +229,13 @@ def write_metrics(rows, output_dir, title="Retrieval metrics"):
     Both files are written atomically. Returns the markdown text.
     """
     os.makedirs(output_dir, exist_ok=True)
-    config_lib.write_text_atomically(
-        os.path.join(output_dir, "metrics.json"),
+    write_text_atomically(
+        os.path.join(output_dir, contract.METRICS_FILE),
         json.dumps(rows, indent=2, sort_keys=True),
     )
     markdown = markdown_table(rows, title)
-    config_lib.write_text_atomically(
-        os.path.join(output_dir, "metrics.md"), markdown
+    write_text_atomically(
+        os.path.join(output_dir, contract.METRICS_TABLE_FILE), markdown
     )
     return markdown
 
@@ -301,8 +307,8 @@ def evaluate_run_outputs(run_dir, k=250):
     from shrewd_tf.data import pipelines as inputs
     from shrewd_tf.models import shrewd_model as models  # noqa: F401  (registers the layers)
 
-    config_path = os.path.join(run_dir, "config.json")
-    model_path = os.path.join(run_dir, "model.keras")
+    config_path = os.path.join(run_dir, contract.CONFIG_FILE)
+    model_path = os.path.join(run_dir, contract.MODEL_FILE)
     for path in (config_path, model_path):
         if not os.path.exists(path):
             raise FileNotFoundError(
@@ -327,7 +333,8 @@ def evaluate_run_outputs(run_dir, k=250):
         similarity = np.eye(data.num_classes)
         names = list(data.class_names)
     return EvaluatedRun(
-        metrics=result, codes=np.asarray(outputs["code"], np.float32),
+        metrics=result,
+        codes=np.asarray(outputs[contract.CODE_OUTPUT], np.float32),
         labels=np.asarray(labels), similarity=similarity,
         images=data.test_images, label_names=names, config=config,
     )

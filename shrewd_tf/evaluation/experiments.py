@@ -11,8 +11,10 @@ import os
 
 import numpy as np
 
+from shrewd_tf import contract
 from shrewd_tf.evaluation import evaluate as evaluation
 from shrewd_tf.data import pipelines as inputs
+from shrewd_tf.io import write_text_atomically
 from shrewd_tf.semantics import distances as semantics
 from shrewd_tf.training import trainer
 
@@ -21,6 +23,9 @@ log = logging.getLogger(__name__)
 ABLATIONS = ("CLASS", "SIM", "KL-CLASS", "SIM-KL", "SIM-KL-CLASS")
 ONE_HOT_BASELINE = "one-hot (CLASS argmax)"
 RANDOM_REFERENCE = "random codes (reference)"
+# `run_zero_shot`'s table in its output_dir (the CLI prints the markdown).
+ZERO_SHOT_FILE = "zero_shot.json"
+ZERO_SHOT_TABLE_FILE = "zero_shot.md"
 
 
 def one_hot_codes(logits):
@@ -73,10 +78,10 @@ def run_ablation(base_config, output_dir, loss_sets=ABLATIONS, data=None,
         result = trainer.train(config, data=data, verbose=verbose)
         rows[losses] = result.metrics
         if losses == "CLASS":
-            codes = one_hot_codes(result.test_outputs["logits"])
+            logits = result.test_outputs[contract.LOGITS_OUTPUT]
+            codes = one_hot_codes(logits)
             baseline = evaluation.retrieval_metrics(
-                codes, data.test_labels, similarity,
-                logits=result.test_outputs["logits"],
+                codes, data.test_labels, similarity, logits=logits,
             )
             rows[ONE_HOT_BASELINE] = baseline
         log.info("%s: %s", losses, evaluation.markdown_table({losses: rows[losses]}))
@@ -128,8 +133,8 @@ def run_zero_shot(base_config, output_dir, holdout_classes,
         )
         result = trainer.train(config, data=data, verbose=verbose)
         hits = evaluation.zero_shot_flat_hits(
-            result.test_outputs["code"], data.test_labels, holdout_classes,
-            ks, database=database,
+            result.test_outputs[contract.CODE_OUTPUT], data.test_labels,
+            holdout_classes, ks, database=database,
         )
         rows[losses] = {f"hit@{k}": v for k, v in hits.items()}
     write_zero_shot(
@@ -143,8 +148,6 @@ def write_zero_shot(rows, output_dir, holdout_classes, class_names,
     """zero_shot.json and zero_shot.md (hit@K in percent); the markdown
     names the unseen classes and the database protocol."""
     import json
-
-    from shrewd_tf import config as config_lib
 
     names = ", ".join(class_names[c] for c in holdout_classes)
     keys = list(next(iter(rows.values())))
@@ -166,10 +169,10 @@ def write_zero_shot(rows, output_dir, holdout_classes, class_names,
         lines.append(f"| {name} | {cells} |")
     markdown = "\n".join(lines) + "\n"
     os.makedirs(output_dir, exist_ok=True)
-    config_lib.write_text_atomically(
-        os.path.join(output_dir, "zero_shot.json"), json.dumps(rows, indent=2)
+    write_text_atomically(
+        os.path.join(output_dir, ZERO_SHOT_FILE), json.dumps(rows, indent=2)
     )
-    config_lib.write_text_atomically(
-        os.path.join(output_dir, "zero_shot.md"), markdown
+    write_text_atomically(
+        os.path.join(output_dir, ZERO_SHOT_TABLE_FILE), markdown
     )
     return markdown

@@ -41,6 +41,8 @@ from shrewd_tf.evaluation.ranking import _labels
 from shrewd_tf.evaluation.ranking import _query_and_db_labels
 from shrewd_tf.evaluation.ranking import _ranked_groups
 from shrewd_tf.evaluation.ranking import _Retrieval
+from shrewd_tf.ops.bits import binarise
+from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.ops.validation import check_positive_int
 
 __all__ = [
@@ -274,8 +276,8 @@ def code_statistics(codes, tolerance=0.1):
             f"`tolerance` must be >= 0. Received: tolerance={tolerance}"
         )
     near = (np.abs(codes) <= tolerance) | (np.abs(codes - 1.0) <= tolerance)
-    bits = codes > 0.5
-    distinct = len(np.unique(np.packbits(bits, axis=1), axis=0))
+    bits = binarise(codes)
+    distinct = len(np.unique(pack_bits(bits), axis=0))
     return {
         "near_binary": float(near.mean()),
         "bit_balance_deviation": float(np.abs(bits.mean(axis=0) - 0.5).mean()),

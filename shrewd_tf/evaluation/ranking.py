@@ -18,6 +18,7 @@ Reference:
 import numpy as np
 from scipy import special
 
+from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.ops.validation import check_positive_int
 
 TIE_MODES = ("aware", "random", "index")
@@ -94,8 +95,8 @@ class _Retrieval:
         self.num_candidates = self.num_db - int(self.exclude_self)
         self.dim = self.query.shape[1]
         if self.binary:
-            self.query = _packed_bits(self.query > 0.5)  # [Q, words]
-            self.db = _packed_bits(self.db > 0.5)  # [N, words]
+            self.query = _packed_words(self.query)  # [Q, words]
+            self.db = _packed_words(self.db)  # [N, words]
 
     def check_k(self, k):
         k = check_positive_int("k", k)
@@ -145,10 +146,10 @@ class _Retrieval:
             yield start, stop, dist
 
 
-def _packed_bits(bits):
-    """bool [n, d] -> uint64 [n, ceil(d / 64)] (bit order is irrelevant
-    to XOR + popcount)."""
-    packed = np.packbits(bits, axis=1)
+def _packed_words(codes):
+    """Codes [n, d] -> their bits (`pack_bits`) as uint64 [n, ceil(d / 64)],
+    zero-padded (bit order is irrelevant to XOR + popcount)."""
+    packed = pack_bits(codes)
     pad = -packed.shape[1] % 8
     packed = np.pad(packed, ((0, 0), (0, pad)))
     return np.ascontiguousarray(packed).view(np.uint64)

@@ -26,9 +26,11 @@ import os
 
 import numpy as np
 
+from shrewd_tf import contract
 from shrewd_tf.evaluation import metrics
 from shrewd_tf.io import atomic_path
 from shrewd_tf.io import write_text_atomically
+from shrewd_tf.ops.bits import binarise
 
 CURVE_KS = np.unique(np.geomspace(1, 250, 40).round().astype(int))
 NEAR_BINARY_TOLERANCE = 0.1  # a code value within this of 0 or 1
@@ -121,7 +123,7 @@ def plot_code_histograms(runs, path, bins=50, tolerance=NEAR_BINARY_TOLERANCE):
             axis.axvspan(centre - tolerance, centre + tolerance, color="C2",
                          alpha=0.2, linewidth=0)
             axis.axvline(centre, color="C2", linewidth=1)
-        axis.axvline(0.5, color="C3", linestyle=":")
+        axis.axvline(contract.BIT_THRESHOLD, color="C3", linestyle=":")
         low = min(-tolerance, float(values.min()))
         high = max(1.0 + tolerance, float(values.max()))
         axis.hist(values, bins=bins, range=(low, high), color="C0")
@@ -155,7 +157,7 @@ def code_statistics_table(statistics):
 def hamming_neighbours(codes, queries, count):
     """Indices [len(queries), count] and Hamming distances of the nearest
     database items (query itself excluded, ties by database order)."""
-    bits = np.asarray(codes) > 0.5
+    bits = binarise(codes)
     rows, distances = [], []
     for query in queries:
         distance = np.count_nonzero(bits != bits[query], axis=1)
@@ -246,7 +248,8 @@ def write_report(output_dir, runs, title="SHREWD evaluation report", notes=()):
               f"Near-binary: values within {NEAR_BINARY_TOLERANCE:g} of 0 or "
               "1 (shaded). Bit balance deviation: mean over bits of "
               "|P(bit on) - 0.5| (0 is balanced, 0.5 a constant bit). "
-              "Distinct codes: distinct binarised codes (code > 0.5).", "",
+              "Distinct codes: distinct binarised codes "
+              f"(code > {contract.BIT_THRESHOLD:g}).", "",
               code_statistics_table(statistics),
               "![histogram of code values](code_histogram.png)", ""]
     if grids:
@@ -254,6 +257,6 @@ def write_report(output_dir, runs, title="SHREWD evaluation report", notes=()):
                   "Green: same class as the query; orange: another class.", ""]
         for name, file_name in grids.items():
             lines += [f"### {name}", "", f"![retrieval grid of {name}]({file_name})", ""]
-    path = os.path.join(output_dir, "report.md")
+    path = os.path.join(output_dir, contract.REPORT_FILE)
     write_text_atomically(path, "\n".join(lines))
     return path
