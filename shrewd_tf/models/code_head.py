@@ -9,6 +9,8 @@ docs/kl_binarisation.md explains why the default is bounded.
 import keras
 from keras import ops
 
+from shrewd_tf import contract
+
 # "linear" is the paper's head.
 CODE_ACTIVATIONS = ("linear", "sigmoid", "tanh", "batchnorm_sigmoid")
 
@@ -45,7 +47,9 @@ class CodeSquash(keras.layers.Layer):
         return {**super().get_config(), "kind": self.kind, "gain": self.gain}
 
 
-def code_head_activation(name, code_name="code", gain=1.0, momentum=0.9):
+def code_head_activation(
+    name, code_name=contract.CODE_OUTPUT, gain=1.0, momentum=0.9
+):
     """The layers that turn code pre-activations h into the code z.
 
     * "linear": z = h, unbounded (the paper's head).

@@ -10,6 +10,7 @@ classification head) and optionally `embedding` (a regression head).
 import keras
 from keras import ops
 
+from shrewd_tf import contract
 from shrewd_tf.models.code_head import CODE_ACTIVATIONS  # noqa: F401 (re-export)
 from shrewd_tf.models.code_head import CodeSquash  # noqa: F401 (re-export)
 from shrewd_tf.models.code_head import code_head_activation
@@ -183,20 +184,22 @@ class ShrewdModel(keras.Model):
             for layer in activation_layers:
                 code = layer(code)
         else:
-            code = head(code_bits, "code")(features)
-        outputs = {"code": code}
+            code = head(code_bits, contract.CODE_OUTPUT)(features)
+        outputs = {contract.CODE_OUTPUT: code}
         if num_classes is not None:
             head_input = code
             if classification_head == "detached":
                 head_input = StopGradient(name="detach_logits")(code)
-            outputs["logits"] = head(num_classes, "logits")(head_input)
+            outputs[contract.LOGITS_OUTPUT] = head(
+                num_classes, contract.LOGITS_OUTPUT
+            )(head_input)
         if regression_dim is not None:
             head_input = code
             if regression_head == "detached":
                 head_input = StopGradient(name="detach_embedding")(code)
-            outputs["embedding"] = head(regression_dim, "embedding")(
-                head_input
-            )
+            outputs[contract.EMBEDDING_OUTPUT] = head(
+                regression_dim, contract.EMBEDDING_OUTPUT
+            )(head_input)
         kwargs.setdefault("name", "shrewd")
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
@@ -315,14 +318,19 @@ def build_one_hot_baseline(classifier_model, name="one_hot_baseline"):
     )
     outputs = classifier_model(inputs)
     if isinstance(outputs, dict):
-        if "logits" not in outputs:
+        if contract.LOGITS_OUTPUT not in outputs:
             raise ValueError(
                 "classifier_model must output logits or a dict with "
-                f"'logits'. Received outputs: {sorted(outputs)}"
+                f"{contract.LOGITS_OUTPUT!r}. Received outputs: "
+                f"{sorted(outputs)}"
             )
-        outputs = outputs["logits"]
+        outputs = outputs[contract.LOGITS_OUTPUT]
     logits = keras.layers.Activation(
-        "linear", dtype="float32", name="logits"
+        "linear", dtype="float32", name=contract.LOGITS_OUTPUT
     )(outputs)
-    code = OneHotArgmax(name="code")(logits)
-    return keras.Model(inputs, {"code": code, "logits": logits}, name=name)
+    code = OneHotArgmax(name=contract.CODE_OUTPUT)(logits)
+    return keras.Model(
+        inputs,
+        {contract.CODE_OUTPUT: code, contract.LOGITS_OUTPUT: logits},
+        name=name,
+    )
