@@ -36,14 +36,18 @@ import os
 
 import numpy as np
 
+from shrewd_tf import contract
+from shrewd_tf.retrieval.base import index_class
 from shrewd_tf.retrieval.files import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
-INDEX_KINDS = ("binary", "scann")
+INDEX_KINDS = contract.INDEX_KINDS
 CODES_DIR = "codes"
 CODES_PREFIX = "codes"
 CODES_INFO_FILE = "codes_info.json"
+# A codes shard keeps the model's code output under the same name.
+CODE_FEATURE = contract.CODE_OUTPUT
 
 
 def parse_kinds(kinds):
@@ -86,7 +90,7 @@ def code_example(record_id, code, metadata):
 
     feature = {
         "id": text(record_id),
-        "code": tf.train.Feature(
+        CODE_FEATURE: tf.train.Feature(
             float_list=tf.train.FloatList(
                 value=np.asarray(code, np.float32).tolist()
             )
@@ -131,10 +135,10 @@ def read_codes(codes_dir, batch_size=8192):
     if first is None:
         raise ValueError(f"The codes shards in {codes_dir!r} are empty.")
     example = tf.train.Example.FromString(first.numpy())
-    dim = len(example.features.feature["code"].float_list.value)
+    dim = len(example.features.feature[CODE_FEATURE].float_list.value)
     spec = {
         "id": tf.io.FixedLenFeature([], tf.string),
-        "code": tf.io.FixedLenFeature([dim], tf.float32),
+        CODE_FEATURE: tf.io.FixedLenFeature([dim], tf.float32),
         "label": tf.io.FixedLenFeature([], tf.int64),
         "label_name": tf.io.FixedLenFeature([], tf.string),
         "caption": tf.io.FixedLenFeature([], tf.string),
@@ -159,7 +163,7 @@ def read_codes(codes_dir, batch_size=8192):
         columns[name] = np.concatenate(parts.pop(name))
     ids = np.asarray([v.decode("utf-8") for v in columns.pop("id")])
     order = np.argsort(ids, kind="stable")
-    codes = columns.pop("code")[order]
+    codes = columns.pop(CODE_FEATURE)[order]
     metadata = {"label": columns.pop("label")[order].tolist()}
     for name in ("label_name", "caption", "image_uri"):
         metadata[name] = [v.decode("utf-8") for v in columns.pop(name)[order]]
@@ -193,22 +197,21 @@ def new_indexes(
     Raises:
         ValueError: on bad kinds or index parameters, quoting them.
     """
-    # The implementations import faiss and ScaNN: only when building.
-    from shrewd_tf.retrieval.hamming_index import BinaryHammingIndex
-    from shrewd_tf.retrieval.scann_index import ScannIndex
-
+    # `index_class` imports faiss and ScaNN: only when building.
     indexes = {}
     kinds = parse_kinds(kinds)
-    if "binary" in kinds:
-        indexes["binary"] = BinaryHammingIndex(
+    if contract.BINARY_INDEX in kinds:
+        binary = index_class(contract.BINARY_INDEX)
+        indexes[contract.BINARY_INDEX] = binary(
             code_bits=code_bits,
             method=binary_method,
             rerank=rerank,
             num_threads=num_threads,
             **(binary_params or {}),
         )
-    if "scann" in kinds:
-        indexes["scann"] = ScannIndex(
+    if contract.SCANN_INDEX in kinds:
+        scann = index_class(contract.SCANN_INDEX)
+        indexes[contract.SCANN_INDEX] = scann(
             num_threads=num_threads, **(scann_params or {})
         )
     return indexes
