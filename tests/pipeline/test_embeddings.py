@@ -1,15 +1,14 @@
 """Tests for pipeline.embeddings: the sentence-encoder handler, EmbedCaptions.
 
-Bulk cases use `FakeEncoderHandler`, a deterministic hashed bag of words,
-so the expected embedding of a caption is computed here independently of
-the pipeline. One test runs the real default encoder on three captions.
+Bulk cases use `FakeEncoderHandler` of tests/support/sentence_encoders, a
+deterministic hashed bag of words, so the expected embedding of a caption
+is computed independently of the pipeline. One test runs the real default
+encoder on three captions.
 """
 
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import zlib  # noqa: E402
 
 import apache_beam as beam  # noqa: E402
 import numpy as np  # noqa: E402
@@ -22,50 +21,13 @@ from apache_beam.testing.util import equal_to  # noqa: E402
 from pipeline import dead_letters  # noqa: E402
 from pipeline import embeddings  # noqa: E402
 from shrewd_tf.data import records as data  # noqa: E402
-
-FAKE_DIM = 8
-NAN_MARK = "NANWORD"  # captions with this word embed to nan
-SHORT_MARK = "SHORTWORD"  # captions with this word embed to SHORT_DIM values
-SHORT_DIM = 5
-
-
-def fake_embedding(caption):
-    """Hashed bag of words -> L2-normalised float32 [FAKE_DIM] (the oracle)."""
-    words = caption.lower().split()
-    if NAN_MARK.lower() in words:
-        return np.full(FAKE_DIM, np.nan, np.float32)
-    dim = SHORT_DIM if SHORT_MARK.lower() in words else FAKE_DIM
-    vector = np.zeros(dim, np.float64)
-    for word in words:
-        code = zlib.crc32(word.encode("utf-8"))
-        vector[code % dim] += 1.0 if (code >> 16) & 1 else -1.0
-    vector[0] += 0.5  # never the zero vector
-    return (vector / np.linalg.norm(vector)).astype(np.float32)
-
-
-class FakeEncoder:
-    """Stands in for `SentenceEncoder`: same `encode(texts, batch_size)`."""
-
-    def __init__(self, fail=False):
-        self.fail = fail
-
-    def encode(self, texts, batch_size=32):
-        if self.fail:
-            raise RuntimeError("fake encoder failure")
-        texts = list(texts)
-        assert len(texts) <= batch_size
-        return [fake_embedding(t) for t in texts]
-
-
-class FakeEncoderHandler(embeddings.SentenceEncoderModelHandler):
-    """The real handler with the model swapped for `FakeEncoder`."""
-
-    def __init__(self, fail=False, **kwargs):
-        super().__init__("fake-bag-of-words", **kwargs)
-        self.fail = fail
-
-    def load_model(self):
-        return FakeEncoder(self.fail)
+from tests.support.sentence_encoders import FAKE_DIM  # noqa: E402
+from tests.support.sentence_encoders import FAKE_ENCODER_NAME  # noqa: E402
+from tests.support.sentence_encoders import NAN_MARK  # noqa: E402
+from tests.support.sentence_encoders import SHORT_MARK  # noqa: E402
+from tests.support.sentence_encoders import FakeEncoder  # noqa: E402
+from tests.support.sentence_encoders import FakeEncoderHandler  # noqa: E402
+from tests.support.sentence_encoders import fake_embedding  # noqa: E402
 
 
 def make_record(record_id, caption, label=0, embedding=None):
@@ -224,7 +186,7 @@ def test_run_inference_encodes_one_batch_in_one_call():
     assert [r.example for r in results] == texts
     for result, text in zip(results, texts):
         np.testing.assert_allclose(result.inference, fake_embedding(text))
-        assert result.model_id == "fake-bag-of-words"
+        assert result.model_id == FAKE_ENCODER_NAME
 
 
 def test_real_default_encoder_matches_sentence_encoder():
