@@ -86,14 +86,14 @@ def time_job(input_dir, output_dir, batch_size, runner_flags):
     from pipeline import embed_captions
 
     start = time.perf_counter()
-    result = embed_captions.run(
-        ["--input-dir", input_dir, "--output-dir", output_dir,
-         "--max-batch-size", str(batch_size), "--runner=FnApiRunner"]
-        + runner_flags)
+    result = embed_captions.run(embed_captions.EmbedCaptionsOptions(
+        input_dir=input_dir, output_dir=output_dir,
+        max_batch_size=batch_size,
+        beam_args=("--runner=FnApiRunner", *runner_flags)))
     seconds = time.perf_counter() - start
-    if result["dead_letters"]:
+    if result.dead_letters:
         raise RuntimeError(f"Unexpected dead letters: {result}")
-    return seconds, result["splits"]["train"]
+    return seconds, result.splits["train"]
 
 
 def main(argv=None):

@@ -52,10 +52,10 @@ def limited_copy(data_dir, limit, target):
 
 def run_job(data_dir, output_dir, runner_flags):
     start = time.perf_counter()
-    result = make_tfrecords.run([
-        "--source", "fashion_mnist", "--data-dir", data_dir,
-        "--output-dir", output_dir, *runner_flags,
-    ])
+    result = make_tfrecords.run(make_tfrecords.MakeTFRecordsOptions(
+        source="fashion_mnist", data_dir=data_dir, output_dir=output_dir,
+        beam_args=tuple(runner_flags),
+    ))
     seconds = time.perf_counter() - start
     return sum(result.splits.values()), seconds
 

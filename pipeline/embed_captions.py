@@ -38,8 +38,6 @@ from pipeline import dead_letters
 from pipeline import embeddings
 from pipeline import outputs
 from pipeline.options import DEFAULT_RUNNER
-from pipeline.options import ResultItems
-from pipeline.options import as_options
 from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
 from shrewd_tf.data import records as data
@@ -71,7 +69,7 @@ class EmbedCaptionsOptions:
 
 
 @dataclasses.dataclass(frozen=True)
-class EmbedCaptionsResult(ResultItems):
+class EmbedCaptionsResult:
     """What an `embed_captions` run wrote.
 
     Attributes:
@@ -199,8 +197,7 @@ def run(options, test_pipeline=None, model_handler=None):
     """Runs the job.
 
     Args:
-        options: `EmbedCaptionsOptions` (a command line, a list of str, is
-            parsed for callers written before the options).
+        options: `EmbedCaptionsOptions` (`main` parses a command line).
         test_pipeline: a `TestPipeline` to build on instead of a new one.
         model_handler: a ModelHandler of strings -> `[E]` vectors to use
             instead of `SentenceEncoderModelHandler(text_encoder)` (tests).
@@ -209,10 +206,15 @@ def run(options, test_pipeline=None, model_handler=None):
         `EmbedCaptionsResult`.
 
     Raises:
+        TypeError: `options` is not `EmbedCaptionsOptions`.
         FileNotFoundError: no dataset_info.json or no shards of a split.
         RuntimeError: the pipeline did not finish (the output is untouched).
     """
-    options = as_options(options, EmbedCaptionsOptions, parse_options)
+    if not isinstance(options, EmbedCaptionsOptions):
+        raise TypeError(
+            "run() takes EmbedCaptionsOptions (main() parses a command "
+            f"line). Received: {type(options).__name__}"
+        )
     info = data.DatasetInfo.load(options.input_dir)
     handler = model_handler or embeddings.SentenceEncoderModelHandler(
         options.text_encoder, max_batch_size=options.max_batch_size
@@ -247,7 +249,8 @@ def run(options, test_pipeline=None, model_handler=None):
     if dim is None:
         log.warning("no caption was embedded; see the dead letters in %s",
                     options.output_dir)
-    log.info("wrote %s: %s, dead letters %s", options.output_dir, counts, letters)
+    log.info("wrote %s: %s, dead letters %s", options.output_dir, counts,
+             letters)
     return EmbedCaptionsResult(
         output_dir=os.path.abspath(options.output_dir),
         splits=counts,

@@ -52,20 +52,21 @@ def write_captioned_folder(directory, per_kind=12, seed=0):
 
 def test_captions_folder_to_trained_codes(tmp_path):
     captions, good = write_captioned_folder(str(tmp_path / "photos"))
-    beam = ["--runner=FnApiRunner"]
-    records = make_tfrecords.run([
-        "--source", f"captions:{captions}", "--image-size", "16,16",
-        "--test-fraction", "0.3", "--output-dir", str(tmp_path / "tfr"),
-    ] + beam)
+    beam = ("--runner=FnApiRunner",)
+    records = make_tfrecords.run(make_tfrecords.MakeTFRecordsOptions(
+        source=f"captions:{captions}", image_size=(16, 16),
+        test_fraction=0.3, output_dir=str(tmp_path / "tfr"), beam_args=beam,
+    ))
     assert sum(records.splits.values()) == good
     assert records.dead_letters == {"read_image": 1, "check_row": 1}
 
-    embedded = embed_captions.run([
-        "--input-dir", str(tmp_path / "tfr"),
-        "--output-dir", str(tmp_path / "tfr_emb"),
-    ] + beam)
+    embedded = embed_captions.run(embed_captions.EmbedCaptionsOptions(
+        input_dir=str(tmp_path / "tfr"),
+        output_dir=str(tmp_path / "tfr_emb"), beam_args=beam,
+    ))
     info = data.DatasetInfo.load(str(tmp_path / "tfr_emb"))
-    assert info.embedding_dim == 384 and embedded["splits"] == records.splits
+    assert info.embedding_dim == embedded.embedding_dim == 384
+    assert embedded.splits == records.splits
     test = data.load_split_arrays(str(tmp_path / "tfr_emb"), "test")
     norms = np.linalg.norm(test["embeddings"], axis=1)
     np.testing.assert_allclose(norms, 1.0, atol=1e-4)

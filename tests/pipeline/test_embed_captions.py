@@ -1,8 +1,9 @@
 """End-to-end tests of the embed_captions job on a small TFRecord directory.
 
-The sentence encoder is the fake of test_embeddings (a hashed bag of words),
-injected with `run(..., model_handler=...)`; expected embeddings are computed
-here from each caption.
+The sentence encoder is the fake of tests/support/sentence_encoders (a hashed
+bag of words), injected with `run(options, model_handler=...)`; expected
+embeddings are computed here from each caption. The command line is tested
+through `main(argv)` and `parse_args`.
 """
 
 import glob
@@ -21,10 +22,11 @@ from pipeline import dead_letters  # noqa: E402
 from pipeline import embed_captions  # noqa: E402
 from shrewd_tf.data import records as data  # noqa: E402
 from tests.paths import REPO_ROOT  # noqa: E402
-from tests.pipeline.test_embeddings import FAKE_DIM  # noqa: E402
-from tests.pipeline.test_embeddings import NAN_MARK  # noqa: E402
-from tests.pipeline.test_embeddings import FakeEncoderHandler  # noqa: E402
-from tests.pipeline.test_embeddings import fake_embedding  # noqa: E402
+from tests.support.sentence_encoders import FAKE_DIM  # noqa: E402
+from tests.support.sentence_encoders import FAKE_ENCODER_NAME  # noqa: E402
+from tests.support.sentence_encoders import NAN_MARK  # noqa: E402
+from tests.support.sentence_encoders import FakeEncoderHandler  # noqa: E402
+from tests.support.sentence_encoders import fake_embedding  # noqa: E402
 
 IMAGE_SHAPE = (4, 5, 1)
 WORDS = "dog cat runs sleeps on a the beach sofa red blue".split()
@@ -80,18 +82,20 @@ def test_job_embeds_every_split_and_writes_dead_letters(tmp_path):
                                  {"train": 3, "test": 1}, bad_ids=bad)
 
     result = embed_captions.run(
-        ["--input-dir", input_dir, "--output-dir", output_dir],
+        embed_captions.EmbedCaptionsOptions(input_dir, output_dir),
         test_pipeline=test_pipeline.TestPipeline(runner="FnApiRunner"),
         model_handler=FakeEncoderHandler(max_batch_size=4),
     )
 
-    assert result["splits"] == {"train": 5, "test": 2}
-    assert result["dead_letters"] == {"embed_captions": 3}
-    assert result["embedding_dim"] == FAKE_DIM
+    assert result.output_dir == os.path.abspath(output_dir)
+    assert result.splits == {"train": 5, "test": 2}
+    assert result.dead_letters == {"embed_captions": 3}
+    assert result.embedding_dim == FAKE_DIM
+    assert result.text_encoder == FAKE_ENCODER_NAME
     info = data.DatasetInfo.load(output_dir)
     assert info.splits == {"train": 5, "test": 2}
     assert info.embedding_dim == FAKE_DIM
-    assert info.text_encoder == "fake-bag-of-words"
+    assert info.text_encoder == FAKE_ENCODER_NAME
     assert info.class_names == ("zero", "one")
     assert info.image_shape == IMAGE_SHAPE
     assert info.source == "test fixture"
@@ -126,7 +130,7 @@ def test_failed_run_leaves_existing_output_untouched(tmp_path):
 
     with pytest.raises(Exception, match="fake encoder failure"):
         embed_captions.run(
-            ["--input-dir", input_dir, "--output-dir", str(output_dir)],
+            embed_captions.EmbedCaptionsOptions(input_dir, str(output_dir)),
             test_pipeline=test_pipeline.TestPipeline(runner="FnApiRunner"),
             model_handler=FakeEncoderHandler(fail=True),
         )
@@ -141,7 +145,7 @@ def test_output_dir_may_be_the_input_dir(tmp_path):
     written = write_tfrecord_dir(directory, {"train": 3}, {"train": 2})
 
     embed_captions.run(
-        ["--input-dir", directory, "--output-dir", directory],
+        embed_captions.EmbedCaptionsOptions(directory, directory),
         test_pipeline=test_pipeline.TestPipeline(runner="FnApiRunner"),
         model_handler=FakeEncoderHandler(),
     )
@@ -159,9 +163,15 @@ def test_output_dir_may_be_the_input_dir(tmp_path):
 
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset_info.json"):
-        embed_captions.run(["--input-dir", str(tmp_path / "none"),
-                            "--output-dir", str(tmp_path / "out")])
+        embed_captions.run(embed_captions.EmbedCaptionsOptions(
+            str(tmp_path / "none"), str(tmp_path / "out")))
     assert not (tmp_path / "out").exists()
+
+
+def test_run_takes_options_not_a_command_line(tmp_path):
+    argv = ["--input-dir", str(tmp_path), "--output-dir", str(tmp_path)]
+    with pytest.raises(TypeError, match="EmbedCaptionsOptions.*main"):
+        embed_captions.run(argv)
 
 
 def test_runner_defaults_to_fn_api_runner_and_flags_pass_through():
