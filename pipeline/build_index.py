@@ -57,8 +57,8 @@ from pipeline.dead_letters import read_dead_letters
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import pipeline_options
 from pipeline.outputs import StagedOutputDir
-from shrewd_tf.config import write_text_atomically
 from shrewd_tf.data import records as data
+from shrewd_tf.io import write_text_atomically
 from shrewd_tf.retrieval import builder as index_builder
 
 log = logging.getLogger(__name__)

@@ -9,6 +9,7 @@ imports no Beam, so the `shrewd` parser stays fast.
 
 import dataclasses
 
+from shrewd_tf import contract
 from shrewd_tf.retrieval.builder import INDEX_KINDS
 from shrewd_tf.retrieval.builder import parse_kinds
 
@@ -59,8 +60,8 @@ class BuildIndexOptions:
     binary_params: dict = dataclasses.field(default_factory=dict)
     scann_params: dict = dataclasses.field(default_factory=dict)
     num_threads: int = 1
-    signature: str = "serving_default"
-    output_key: str = "code"
+    signature: str = contract.SERVING_SIGNATURE
+    output_key: str = contract.CODE_OUTPUT
     batch_size: int = 256
     image_uri_prefix: str = ""
     codes_shards: int = 0

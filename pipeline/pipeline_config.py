@@ -23,6 +23,7 @@ import dataclasses
 import yaml
 
 from shrewd_tf import config as config_lib
+from shrewd_tf import contract
 
 PIPELINE_SECTION = "pipeline"
 
@@ -63,7 +64,7 @@ class PipelineConfig:
     text_encoder: str | None = None
     k: int = 250
     model_name: str = "shrewd"
-    index_kinds: tuple[str, ...] = ("binary", "scann")
+    index_kinds: tuple[str, ...] = contract.INDEX_KINDS
     binary_method: str = "flat"
     database_split: str = "test"
     beam_options: tuple[str, ...] = (
@@ -79,10 +80,11 @@ class PipelineConfig:
                 f"{sorted(config_lib.LOSS_SETS)}. Received: "
                 f"configurations={self.configurations}"
             )
-        bad = [k for k in self.index_kinds if k not in ("binary", "scann")]
+        bad = [k for k in self.index_kinds if k not in contract.INDEX_KINDS]
         if bad:
             raise ValueError(
-                "pipeline.index_kinds must be 'binary' and/or 'scann'. "
+                "pipeline.index_kinds must be "
+                f"{' and/or '.join(map(repr, contract.INDEX_KINDS))}. "
                 f"Received: index_kinds={self.index_kinds}"
             )
 

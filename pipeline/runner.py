@@ -34,6 +34,7 @@ from pipeline import pipeline_config
 from pipeline.stages import Stage
 from pipeline.stages import StageCache
 from pipeline.stages import StageResult
+from shrewd_tf import contract
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +189,8 @@ def exporter(context):
     name = context.config["model_name"]
     path = export.export_saved_model(runs[configuration], export_root, name, version=1)
     command = export.write_model_server_config(
-        export_root, [name], os.path.join(export_root, "models.config")
+        export_root, [name],
+        os.path.join(export_root, contract.MODELS_CONFIG_FILE),
     )
     return StageResult(
         outputs={"export_root": export_root, "saved_model": path,
@@ -201,6 +203,7 @@ def index_builder(context):
     """The database split encoded with the export, indexed (Beam)."""
     from pipeline import build_index
     from shrewd_tf.data import records as data
+    from shrewd_tf.retrieval import builder as retrieval_builder
 
     cfg = context.config
     tfrecord_dir = context.inputs["semantics"].outputs["tfrecord_dir"]
@@ -218,7 +221,9 @@ def index_builder(context):
         beam_args=tuple(cfg["beam_options"]),
     ))
     outputs = dict(result.index_dirs)
-    outputs["codes"] = os.path.join(context.directory, "codes")
+    outputs["codes"] = os.path.join(
+        context.directory, retrieval_builder.CODES_DIR
+    )
     outputs["image_root"] = image_root
     return StageResult(
         outputs=outputs,
@@ -300,10 +305,11 @@ def run(config_path=DEFAULT_CONFIG, overrides=None, force=()):
     exporter_out = results["exporter"][0].outputs
     index_out = results["index_builder"][0].outputs
     serve = ["shrewd serve", f"--export-root {exporter_out['export_root']}"]
-    if "binary" in index_out:
-        serve.append(f"--binary-index {index_out['binary']}")
-    if "scann" in index_out:
-        serve.append(f"--float-index {index_out['scann']}")
+    for kind in contract.INDEX_KIND_TABLE:  # --binary-index, --float-index
+        if kind.name in index_out:
+            serve.append(
+                f"--{kind.serving_mode}-index {index_out[kind.name]}"
+            )
     serve.append(f"--image-root {index_out['image_root']}")
     print(f"== report: {report_path}")
     print(f"== serve the index: {' '.join(serve)}")

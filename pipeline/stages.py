@@ -45,7 +45,7 @@ import uuid
 from collections.abc import Callable
 
 import shrewd_tf
-from shrewd_tf.config import write_text_atomically
+from shrewd_tf.io import write_text_atomically
 
 log = logging.getLogger(__name__)
 
