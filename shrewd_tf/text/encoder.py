@@ -59,6 +59,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_text as tf_text
 
+from shrewd_tf import contract
+from shrewd_tf.io import write_text_atomically
 from shrewd_tf.text.bert import INPUT_NAMES
 from shrewd_tf.text.bert import WEIGHTS_FILE
 from shrewd_tf.text.bert import l2_normalize
@@ -434,7 +436,9 @@ def export_tf_hub(encoder, export_dir):
     pre = encoder.preprocessor
     tf.saved_model.save(
         pre, str(export_dir / PREPROCESSOR_DIR),
-        signatures={"serving_default": pre.__call__.get_concrete_function()},
+        signatures={
+            contract.SERVING_SIGNATURE: pre.__call__.get_concrete_function()
+        },
     )
     model = encoder.keras_model
     archive = keras.export.ExportArchive()
@@ -454,5 +458,7 @@ def export_tf_hub(encoder, export_dir):
     config = {**dataclasses.asdict(encoder.config),
               "max_seq_length": pre.max_seq_length,
               "pooling": "mean, L2-normalised (output 'default')"}
-    (export_dir / "config.json").write_text(json.dumps(config, indent=2))
+    write_text_atomically(
+        export_dir / "config.json", json.dumps(config, indent=2)
+    )
     return export_dir
