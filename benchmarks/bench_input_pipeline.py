@@ -11,6 +11,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from shrewd_tf.data import image_dataset
 from shrewd_tf.data import tfds_sources as datasets
 
 
@@ -32,11 +33,13 @@ def main():
         images = rng.integers(0, 256, (60_000, 28, 28, 1), dtype=np.uint8)
         labels = rng.integers(0, 10, 60_000)
     start = time.perf_counter()
-    mean, std = datasets.channel_statistics(images)
+    mean, std = image_dataset.channel_statistics(images)
     stats_s = time.perf_counter() - start
     common = dict(global_batch_size=512, mean=mean, std=std, seed=0)
-    train = datasets.make_image_dataset(images, labels, training=True, **common)
-    evaluate = datasets.make_image_dataset(
+    train = image_dataset.make_image_dataset(
+        images, labels, training=True, **common
+    )
+    evaluate = image_dataset.make_image_dataset(
         images, labels, training=False, **common
     )
     train_rate, eval_rate = throughput(train), throughput(evaluate)

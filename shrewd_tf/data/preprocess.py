@@ -7,7 +7,7 @@ image is turned into the same model input wherever it comes from:
 * Beam, `pipeline.make_tfrecords` (via `image_folder.prepare_image`):
   source image -> stored uint8 pixels (re-encoded PNG);
 * training and evaluation inputs (`records.parse_example` for TFRecords,
-  `pipelines` for IDX arrays and tfds, `tfds_sources.make_image_dataset`);
+  `pipelines` for IDX arrays and tfds, `image_dataset.make_image_dataset`);
 * the exported SavedModel (`export.saved_model`, both signatures), and so
   `pipeline.bulk_encode` and TF Serving, which call that graph.
 
