@@ -48,6 +48,7 @@ import time
 import faiss
 import numpy as np
 
+from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.retrieval import hamming_index
 from shrewd_tf.retrieval import base as index_lib
 from shrewd_tf.retrieval import scann_index
@@ -144,8 +145,8 @@ def run_kind(kind, args, scratch):
     centres = rng.integers(0, 2, (1000, CODE_BITS), dtype=np.uint8)
     database = make_codes(rng, args.n, kind, centres)
     queries = make_codes(rng, args.queries, kind, centres)
-    packed_db = np.packbits(database > 0.5, axis=1)
-    packed_queries = np.packbits(queries > 0.5, axis=1)
+    packed_db = pack_bits(database)
+    packed_queries = pack_bits(queries)
     k, repeats = args.k, args.repeats
     print(
         f"\n== {kind} codes: N={args.n:,}, Q={args.queries:,}, k={k}, "

@@ -43,6 +43,9 @@ import time
 
 import numpy as np
 
+from shrewd_tf import contract
+from shrewd_tf.ops.bits import pack_bits
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -90,14 +93,18 @@ def write_encoder(path):
             )
             code = tf.sigmoid(tf.matmul(pooled / 255.0 - 0.5, self.w) * 4.0)
             bits = tf.reshape(
-                tf.cast(code > 0.5, tf.uint8), [-1, CODE_BITS // 8, 8]
+                tf.cast(code > contract.BIT_THRESHOLD, tf.uint8),
+                [-1, CODE_BITS // 8, 8],
             )
             weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.uint8)
-            return {"code": code, "bits": tf.reduce_sum(bits * weights, -1)}
+            return {
+                contract.CODE_OUTPUT: code,
+                contract.BITS_OUTPUT: tf.reduce_sum(bits * weights, -1),
+            }
 
     module = Encoder()
     tf.saved_model.save(
-        module, path, signatures={"serving_default": module.serve}
+        module, path, signatures={contract.SERVING_SIGNATURE: module.serve}
     )
 
 
@@ -264,12 +271,15 @@ def main(argv=None):
             logging.info("server ready in %.1f s", time.perf_counter() - t0)
             bodies = {
                 "code": [
-                    json.dumps({"code": q.tolist(), "k": args.k})
+                    json.dumps({contract.CODE_OUTPUT: q.tolist(), "k": args.k})
                     for q in queries
                 ],
                 "bits": [
                     json.dumps(
-                        {"bits": np.packbits(q > 0.5).tolist(), "k": args.k}
+                        {
+                            contract.BITS_OUTPUT: pack_bits(q).tolist(),
+                            "k": args.k,
+                        }
                     )
                     for q in queries
                 ],
