@@ -171,7 +171,8 @@ def evaluator(context):
         notes=[
             "Protocol: the test split is both queries and database; each "
             "query is left out of its own database. Float codes are ranked "
-            "by Manhattan distance, binarised codes (code > 0.5) by Hamming "
+            "by Manhattan distance, binarised codes "
+            f"(code > {contract.BIT_THRESHOLD:g}) by Hamming "
             f"distance, ties in expectation. k = {k}.",
         ],
     )
