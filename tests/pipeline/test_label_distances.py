@@ -1,9 +1,11 @@
 """Tests for the label_distances job: Beam row blocks vs direct computation.
 
 Each matrix the job writes is compared with the same kind computed directly
-by `shrewd_tf.semantics.distances` (one call, no blocks), with a few entries checked
-against NLTK's `wup_similarity` or a hand-computed tree. `bert` uses the fake
-encoder of test_embeddings, injected with `run(..., model_handler=...)`.
+by `shrewd_tf.semantics.distances` (one call, no blocks), with a few entries
+checked against NLTK's `wup_similarity` or a hand-computed tree. `bert` uses
+the fake encoder of tests/support/sentence_encoders, injected with
+`run(options, model_handler=...)`. The command line is tested through
+`main(argv)`, `parse_args` and `python -m pipeline.label_distances --help`.
 """
 
 import json
@@ -24,8 +26,9 @@ from shrewd_tf.semantics import distances as semantics  # noqa: E402
 from shrewd_tf.semantics import wordnet_corpus  # noqa: E402
 from tests.paths import REPO_ROOT  # noqa: E402
 from tests.paths import SHARED_REFERENCE  # noqa: E402
-from tests.pipeline.test_embeddings import FakeEncoderHandler  # noqa: E402
-from tests.pipeline.test_embeddings import fake_embedding  # noqa: E402
+from tests.support.sentence_encoders import FAKE_ENCODER_NAME  # noqa: E402
+from tests.support.sentence_encoders import FakeEncoderHandler  # noqa: E402
+from tests.support.sentence_encoders import fake_embedding  # noqa: E402
 
 CIFAR_HIERARCHY = SHARED_REFERENCE / "cifar100-hierarchy"
 
@@ -47,11 +50,14 @@ def wordnet_root(tmp_path_factory):
     return str(root)
 
 
-def run_job(args, wordnet_root=None, **kwargs):
-    extra = ["--wordnet-root", wordnet_root] if wordnet_root else []
-    pipeline = test_pipeline.TestPipeline(runner="FnApiRunner")
-    return label_distances.run(args + extra, test_pipeline=pipeline,
-                               **kwargs)
+def run_job(wordnet_root=None, model_handler=None, **options):
+    """`run(LabelDistancesOptions(**options))` on a TestPipeline."""
+    return label_distances.run(
+        label_distances.LabelDistancesOptions(wordnet_root=wordnet_root,
+                                              **options),
+        test_pipeline=test_pipeline.TestPipeline(runner="FnApiRunner"),
+        model_handler=model_handler,
+    )
 
 
 def read_outputs(prefix):
@@ -61,12 +67,13 @@ def read_outputs(prefix):
 
 def test_wup_dataset_matches_direct_matrix_and_nltk(tmp_path, wordnet_root):
     prefix = str(tmp_path / "fmnist_wup")
-    result = run_job(["--kind", "wup", "--dataset", "fashion_mnist",
-                      "--output", prefix, "--rows-per-block", "3"],
-                     wordnet_root)
+    result = run_job(wordnet_root, kind="wup", dataset="fashion_mnist",
+                     output=prefix, rows_per_block=3)
 
     matrix, meta = read_outputs(prefix)
-    assert result["matrix_path"] == prefix + ".npy"
+    assert result == label_distances.LabelDistancesResult(
+        matrix_path=prefix + ".npy", metadata_path=prefix + ".json",
+        kind="wup", num_classes=10)
     synsets = class_synsets.FASHION_MNIST_SYNSETS
     wordnet = semantics.load_wordnet(wordnet_root)
     direct = semantics.wup_distance_matrix(synsets, wordnet)
@@ -105,9 +112,8 @@ def test_wup_tfrecord_dir_with_synsets_file(tmp_path, wordnet_root):
         "kitty domestic_cat.n.01\nPickup truck   pickup.n.01\n")
     prefix = str(tmp_path / "out" / "wup.npy")  # a .npy suffix is dropped
 
-    run_job(["--kind", "wup", "--tfrecord-dir", tfrecord_dir,
-             "--synsets-file", str(synsets_file), "--output", prefix,
-             "--rows-per-block", "2"], wordnet_root)
+    run_job(wordnet_root, kind="wup", tfrecord_dir=tfrecord_dir,
+            synsets_file=str(synsets_file), output=prefix, rows_per_block=2)
 
     matrix, meta = read_outputs(str(tmp_path / "out" / "wup"))
     direct = semantics.wup_distance_matrix(
@@ -119,7 +125,7 @@ def test_wup_tfrecord_dir_with_synsets_file(tmp_path, wordnet_root):
     assert meta["source"] == os.path.abspath(tfrecord_dir)
 
 
-def test_lcs_small_tree_by_hand(tmp_path):
+def test_lcs_small_tree_by_hand_from_the_command_line(tmp_path):
     # root -> A -> {a1, a2};  root -> B -> {b1, B2 -> b2}
     # heights: leaves 0, A 1, B2 1, B 2, root 3.
     hierarchy = tmp_path / "tree.txt"
@@ -130,9 +136,11 @@ def test_lcs_small_tree_by_hand(tmp_path):
     write_info(tfrecord_dir, ["fourth", "first", "third", "second"])
     prefix = str(tmp_path / "lcs")
 
-    run_job(["--kind", "lcs", "--tfrecord-dir", tfrecord_dir,
-             "--hierarchy-file", str(hierarchy), "--class-ids-file", str(ids),
-             "--output", prefix, "--rows-per-block", "3"])
+    assert label_distances.main([
+        "--kind", "lcs", "--tfrecord-dir", tfrecord_dir,
+        "--hierarchy-file", str(hierarchy), "--class-ids-file", str(ids),
+        "--output", prefix, "--rows-per-block", "3",
+        "--runner=FnApiRunner"]) == 0
 
     matrix, meta = read_outputs(prefix)
     # classes in label order: b2, a1, b1, a2
@@ -153,10 +161,8 @@ def test_lcs_cifar100_reference_matches_direct(tmp_path):
     if not edges_file.is_file():
         pytest.skip(f"{edges_file} missing")
     prefix = str(tmp_path / "cifar_lcs")
-    run_job(["--kind", "lcs", "--dataset", "cifar100",
-             "--hierarchy-file", str(edges_file),
-             "--class-ids-file", str(ids_file), "--output", prefix,
-             "--rows-per-block", "7"])
+    run_job(kind="lcs", dataset="cifar100", hierarchy_file=str(edges_file),
+            class_ids_file=str(ids_file), output=prefix, rows_per_block=7)
 
     matrix, _ = read_outputs(prefix)
     by_name = dict(reversed(line.split()) for line in
@@ -169,9 +175,8 @@ def test_lcs_cifar100_reference_matches_direct(tmp_path):
 
 def test_bert_embeds_definitions_and_matches_direct(tmp_path, wordnet_root):
     prefix = str(tmp_path / "fmnist_bert")
-    run_job(["--kind", "bert", "--dataset", "fashion_mnist",
-             "--output", prefix, "--rows-per-block", "4"], wordnet_root,
-            model_handler=FakeEncoderHandler(max_batch_size=3))
+    run_job(wordnet_root, FakeEncoderHandler(max_batch_size=3), kind="bert",
+            dataset="fashion_mnist", output=prefix, rows_per_block=4)
 
     matrix, meta = read_outputs(prefix)
     definitions = semantics.synset_definitions(
@@ -185,7 +190,7 @@ def test_bert_embeds_definitions_and_matches_direct(tmp_path, wordnet_root):
     cosine = sum(x * y for x, y in zip(a, b)) / np.sqrt(
         sum(x * x for x in a) * sum(y * y for y in b))
     assert matrix[1, 7] == pytest.approx(1 - cosine, abs=1e-12)
-    assert meta["text_encoder"] == "fake-bag-of-words"
+    assert meta["text_encoder"] == FAKE_ENCODER_NAME
     assert meta["definitions"] == definitions
 
 
@@ -194,9 +199,8 @@ def test_failed_run_leaves_previous_outputs(tmp_path, wordnet_root):
     (tmp_path / "bert.npy").write_bytes(b"old matrix")
     (tmp_path / "bert.json").write_text("old metadata")
     with pytest.raises(Exception, match="fake encoder failure"):
-        run_job(["--kind", "bert", "--dataset", "fashion_mnist",
-                 "--output", str(prefix)], wordnet_root,
-                model_handler=FakeEncoderHandler(fail=True))
+        run_job(wordnet_root, FakeEncoderHandler(fail=True), kind="bert",
+                dataset="fashion_mnist", output=str(prefix))
     assert (tmp_path / "bert.npy").read_bytes() == b"old matrix"
     assert (tmp_path / "bert.json").read_text() == "old metadata"
     assert sorted(os.listdir(tmp_path)) == ["bert.json", "bert.npy"]
@@ -205,27 +209,30 @@ def test_failed_run_leaves_previous_outputs(tmp_path, wordnet_root):
 def test_class_and_flag_errors(tmp_path, wordnet_root):
     tfrecord_dir = str(tmp_path / "records")
     write_info(tfrecord_dir, ["dog.n.01", "Ankle boot"])
+    output = str(tmp_path / "x")
     with pytest.raises(ValueError, match="Ankle boot"):
-        run_job(["--kind", "wup", "--tfrecord-dir", tfrecord_dir,
-                 "--output", str(tmp_path / "x")], wordnet_root)
+        run_job(wordnet_root, kind="wup", tfrecord_dir=tfrecord_dir,
+                output=output)
     bad = tmp_path / "bad.txt"
     bad.write_text("Ankle boot boot.n.99\n")
     with pytest.raises(ValueError, match="boot.n.99"):
-        run_job(["--kind", "wup", "--tfrecord-dir", tfrecord_dir,
-                 "--synsets-file", str(bad), "--output", str(tmp_path / "x")],
-                wordnet_root)
+        run_job(wordnet_root, kind="wup", tfrecord_dir=tfrecord_dir,
+                synsets_file=str(bad), output=output)
     verb = tmp_path / "verb.txt"
     verb.write_text("Ankle boot run.v.01\n")
     with pytest.raises(ValueError, match="noun synsets"):
-        run_job(["--kind", "wup", "--tfrecord-dir", tfrecord_dir,
-                 "--synsets-file", str(verb), "--output", str(tmp_path / "x")],
-                wordnet_root)
+        run_job(wordnet_root, kind="wup", tfrecord_dir=tfrecord_dir,
+                synsets_file=str(verb), output=output)
     with pytest.raises(ValueError, match="--hierarchy-file"):
-        run_job(["--kind", "lcs", "--dataset", "cifar100",
-                 "--output", str(tmp_path / "x")])
+        run_job(kind="lcs", dataset="cifar100", output=output)
+    with pytest.raises(ValueError, match="kind='cosine'"):
+        run_job(kind="cosine", dataset="cifar100", output=output)
     with pytest.raises(ValueError, match="rows_per_block=0"):
-        label_distances.row_blocks(5, 0)
-    assert label_distances.row_blocks(5, 2) == [(0, 2), (2, 4), (4, 5)]
+        run_job(kind="lcs", dataset="cifar100", output=output,
+                hierarchy_file=str(bad), rows_per_block=0)
+    with pytest.raises(TypeError, match="LabelDistancesOptions.*main"):
+        label_distances.run(["--kind", "wup", "--dataset", "cifar100",
+                             "--output", output])
     with pytest.raises(SystemExit):
         label_distances.parse_args(["--kind", "wup", "--output", "x",
                                     "--dataset", "cifar100",
@@ -243,13 +250,3 @@ def test_module_runs_as_a_script():
                  "--hierarchy-file", "--class-ids-file", "--rows-per-block"):
         assert flag in completed.stdout
 
-
-def test_tfrecord_dir_from_a_known_source_uses_its_curated_synsets(tmp_path):
-    from shrewd_tf.data import tfds_sources as datasets
-
-    names = tuple(datasets.FASHION_MNIST_CLASS_NAMES)
-    data.DatasetInfo(image_shape=(28, 28, 1), class_names=names[::-1],
-                     splits={"train": 1}, source="fashion_mnist").save(str(tmp_path))
-    classes = label_distances.resolve_classes(tfrecord_dir=str(tmp_path))
-    curated = class_synsets.synsets_for("fashion_mnist")
-    assert classes.synsets == tuple(curated[::-1])

@@ -61,11 +61,11 @@ def test_as_options_parses_a_legacy_command_line():
     assert options == embed_captions.EmbedCaptionsOptions("in", "out")
 
 
-def test_results_read_as_attributes_and_items():
+def test_results_are_frozen_and_read_as_attributes():
     result = label_distances.LabelDistancesResult("m.npy", "m.json", "wup", 3)
-    assert result["num_classes"] == result.num_classes == 3
-    with pytest.raises(KeyError):
-        result["nope"]
+    assert result.num_classes == 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.num_classes = 4
 
 
 def test_pipeline_options_default_to_the_in_process_runner():
