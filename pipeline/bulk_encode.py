@@ -21,7 +21,9 @@ stage "nonfinite_code".
 `saved_model_dir` is a version directory (`export_root/<model>/<version>/`,
 holding `saved_model.pb`) or a model directory, whose highest integer
 version is used (resolved once, when the transform is built, so every
-worker encodes with the same version).
+worker encodes with the same version). Both the version directories and
+the signature check are read by `shrewd_tf.export` (`versions`,
+`signatures`), as the export wrote them.
 
 Example:
     codes, dead = records | EncodeImages("exports/shrewd", max_batch_size=256)
@@ -29,7 +31,6 @@ Example:
 
 import dataclasses
 import logging
-import os
 
 import apache_beam as beam
 import numpy as np
@@ -37,12 +38,14 @@ from apache_beam.ml.inference import base as inference_base
 
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.dead_letters import dead_letter
+from shrewd_tf import contract
+from shrewd_tf.export.signatures import inspect_signature
+from shrewd_tf.export.versions import resolve_saved_model_dir
 
 log = logging.getLogger(__name__)
 
 ENCODE_STAGE = "encode_image"
 NONFINITE_STAGE = "nonfinite_code"
-SAVED_MODEL_FILE = "saved_model.pb"
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -71,112 +74,7 @@ class EncodeFailure:
     reason: str
 
 
-# === SavedModel directories and signatures ===
-
-
-def resolve_saved_model_dir(path):
-    """Returns the SavedModel directory `path` names.
-
-    Args:
-        path: a SavedModel directory (holds `saved_model.pb`), or a model
-            directory with integer version subdirectories (`1/`, `2/`, ...).
-
-    Returns:
-        `path` itself, or its highest-numbered version holding a
-        `saved_model.pb` (versions compare as integers: 10 > 9).
-
-    Raises:
-        FileNotFoundError: if neither holds a SavedModel.
-    """
-    import tensorflow as tf
-
-    if tf.io.gfile.exists(os.path.join(path, SAVED_MODEL_FILE)):
-        return path
-    versions = []
-    if tf.io.gfile.isdir(path):
-        for name in tf.io.gfile.listdir(path):
-            name = name.rstrip("/")
-            if name.isdigit() and tf.io.gfile.exists(
-                os.path.join(path, name, SAVED_MODEL_FILE)
-            ):
-                versions.append(int(name))
-    if not versions:
-        raise FileNotFoundError(
-            f"No SavedModel at {path!r}: expected {SAVED_MODEL_FILE} in it "
-            "or in an integer version subdirectory "
-            "(export_root/<model_name>/<version>/)."
-        )
-    return os.path.join(path, str(max(versions)))
-
-
-@dataclasses.dataclass(frozen=True)
-class SignatureInfo:
-    """What a SavedModel signature takes and returns.
-
-    Attributes:
-        input_name: the name of its single tf.string input.
-        outputs: {output name: shape tuple, None for unknown dimensions}.
-    """
-
-    input_name: str
-    outputs: dict
-
-
-def inspect_signature(saved_model_dir, signature="serving_default",
-                      output_key="code"):
-    """Checks a signature from `saved_model.pb`, without loading variables.
-
-    Args:
-        saved_model_dir: a SavedModel directory.
-        signature: the signature key.
-        output_key: the output holding the float codes.
-
-    Returns:
-        `SignatureInfo`.
-
-    Raises:
-        ValueError: if the signature is missing, does not take exactly one
-            tf.string input, or lacks `output_key`; quoting what it has.
-    """
-    import tensorflow as tf
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    proto = saved_model_pb2.SavedModel()
-    with tf.io.gfile.GFile(
-        os.path.join(saved_model_dir, SAVED_MODEL_FILE), "rb"
-    ) as f:
-        proto.ParseFromString(f.read())
-    signatures = {}
-    for meta_graph in proto.meta_graphs:
-        signatures.update(meta_graph.signature_def)
-    if signature not in signatures:
-        raise ValueError(
-            f"{saved_model_dir} has no signature {signature!r}. "
-            f"Available: {sorted(signatures)}"
-        )
-    definition = signatures[signature]
-    inputs = {
-        name: tf.dtypes.as_dtype(info.dtype).name
-        for name, info in definition.inputs.items()
-    }
-    if len(inputs) != 1 or next(iter(inputs.values())) != "string":
-        raise ValueError(
-            f"Signature {signature!r} must take one tf.string input of "
-            f"encoded images [N]. Received inputs: {inputs}"
-        )
-    outputs = {
-        name: tuple(
-            None if dim.size < 0 else dim.size
-            for dim in info.tensor_shape.dim
-        )
-        for name, info in definition.outputs.items()
-    }
-    if output_key not in outputs:
-        raise ValueError(
-            f"Signature {signature!r} has no output {output_key!r}. "
-            f"Received outputs: {sorted(outputs)}"
-        )
-    return SignatureInfo(next(iter(inputs)), outputs)
+# === Signatures ===
 
 
 def signature_input_name(function):
@@ -225,7 +123,7 @@ class SavedModelEncoderHandler(inference_base.ModelHandler):
 
     Args:
         saved_model_dir: a SavedModel directory (see
-            `resolve_saved_model_dir`; not resolved here).
+            `export.versions.resolve_saved_model_dir`; not resolved here).
         signature: signature key; it must take one tf.string input.
         output_key: the output that holds the codes.
         min_batch_size, max_batch_size: batch sizes for `RunInference`.
@@ -234,8 +132,8 @@ class SavedModelEncoderHandler(inference_base.ModelHandler):
     def __init__(
         self,
         saved_model_dir,
-        signature="serving_default",
-        output_key="code",
+        signature=contract.SERVING_SIGNATURE,
+        output_key=contract.CODE_OUTPUT,
         min_batch_size=1,
         max_batch_size=256,
     ):
@@ -356,8 +254,8 @@ class EncodeImages(beam.PTransform):
     def __init__(
         self,
         saved_model_dir,
-        signature="serving_default",
-        output_key="code",
+        signature=contract.SERVING_SIGNATURE,
+        output_key=contract.CODE_OUTPUT,
         max_batch_size=256,
         image_uri_prefix="",
     ):

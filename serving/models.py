@@ -24,7 +24,6 @@ served generically (any input names, dtypes and shapes, as TF Serving does).
 import dataclasses
 import logging
 import os
-import re
 import threading
 import time
 
@@ -37,8 +36,8 @@ from serving.errors import from_tensorflow_error
 from serving.errors import invalid_argument
 from serving.errors import not_found
 from serving.servables import Servable
+from shrewd_tf.export import versions
 
-_VERSION_DIR = re.compile(r"^\d{1,18}$")
 State = get_model_status_pb2.ModelVersionStatus.State
 
 
@@ -174,19 +173,7 @@ class ModelRepository:
 
     def _versions_on_disk(self, name):
         base = os.path.join(self.export_root, name)
-        try:
-            entries = os.listdir(base)
-        except OSError:
-            return []
-        return sorted(
-            (
-                int(e)
-                for e in entries
-                if _VERSION_DIR.match(e)
-                and os.path.isdir(os.path.join(base, e))
-            ),
-            reverse=True,
-        )
+        return versions.existing_versions(base)[::-1]
 
     def poll(self):
         """Scans the file system once and loads what changed (blocking)."""

@@ -11,7 +11,6 @@ import os
 
 import numpy as np
 import tensorflow as tf
-from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import get_model_metadata_pb2
 from tensorflow_serving.apis import prediction_log_pb2
 
@@ -19,6 +18,7 @@ from serving import tensors
 from serving.errors import from_tensorflow_error
 from serving.errors import invalid_argument
 from shrewd_tf import contract
+from shrewd_tf.export import signatures
 
 SERVE_TAG = contract.SERVE_TAG
 DEFAULT_SIGNATURE = contract.SERVING_SIGNATURE
@@ -140,7 +140,7 @@ class Servable:
         self.version = version
         self.path = path
         self.removal_logged = False
-        self.signature_defs = _read_signature_defs(path)
+        self.signature_defs = signatures.signature_defs(path, SERVE_TAG)
         self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
         self.signatures = {
             key: Signature(key, function)
@@ -194,15 +194,3 @@ class Servable:
             signature.run(arrays)
             count += 1
         return count
-
-
-def _read_signature_defs(path):
-    """{key: SignatureDef} of the "serve" MetaGraphDef in `path`."""
-    pb_path = os.path.join(path, "saved_model.pb")
-    saved_model = saved_model_pb2.SavedModel()
-    with open(pb_path, "rb") as f:
-        saved_model.ParseFromString(f.read())
-    for meta_graph in saved_model.meta_graphs:
-        if SERVE_TAG in meta_graph.meta_info_def.tags:
-            return dict(meta_graph.signature_def)
-    raise ValueError(f"{pb_path} has no MetaGraphDef tagged {SERVE_TAG!r}")

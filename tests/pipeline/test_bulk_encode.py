@@ -42,32 +42,6 @@ def _codes_close_to(expected):
     return check
 
 
-def test_resolve_saved_model_dir_picks_highest_integer_version(model_root):
-    assert bulk_encode.resolve_saved_model_dir(model_root) == os.path.join(
-        model_root, "10"
-    )
-    version = os.path.join(model_root, "2")
-    assert bulk_encode.resolve_saved_model_dir(version) == version
-    with pytest.raises(FileNotFoundError, match="12"):
-        bulk_encode.resolve_saved_model_dir(os.path.join(model_root, "12"))
-
-
-def test_inspect_signature_finds_input_and_rejects_pixel_signature(
-    model_root,
-):
-    version = os.path.join(model_root, "2")
-    info = bulk_encode.inspect_signature(version)
-    assert info.input_name == "encoded_images"
-    assert info.outputs["code"] == (None, 32)
-    assert info.outputs["bits"] == (None, 4)
-    with pytest.raises(ValueError, match="one tf.string input"):
-        bulk_encode.inspect_signature(version, "pixels")
-    with pytest.raises(ValueError, match="no signature 'nope'"):
-        bulk_encode.inspect_signature(version, "nope")
-    with pytest.raises(ValueError, match="no output 'embedding'"):
-        bulk_encode.inspect_signature(version, output_key="embedding")
-
-
 def test_handler_finds_input_name_from_loaded_signature(model_root):
     handler = bulk_encode.SavedModelEncoderHandler(
         os.path.join(model_root, "2")

@@ -157,8 +157,8 @@ def test_export_prints_the_version_dir_and_serves_grayscale(tmp_path, capsys):
     import numpy as np
     import tensorflow as tf
 
-    from tests.shrewd_tf.export.test_saved_model import keras_codes
-    from tests.shrewd_tf.export.test_saved_model import make_run_dir
+    from tests.support.exports import keras_codes
+    from tests.support.exports import make_run_dir
 
     run_dir = tmp_path / "run"
     model, mean, std = make_run_dir(

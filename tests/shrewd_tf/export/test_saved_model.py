@@ -1,4 +1,6 @@
-"""Tests for the TF-Serving SavedModel export (`shrewd_tf.export.saved_model`)."""
+"""Tests for the TF-Serving SavedModel export (`shrewd_tf.export.saved_model`):
+layout, signatures, codes against the Keras model, atomic versions,
+validation. The `run` and `exported` fixtures are in conftest.py."""
 
 import json
 import os
@@ -7,90 +9,20 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from google.protobuf import text_format
-from tensorflow_serving.apis import prediction_log_pb2
-from tensorflow_serving.config import model_server_config_pb2
 
-from shrewd_tf import config as config_lib
+from shrewd_tf import contract
 from shrewd_tf.data import preprocess
 from shrewd_tf.export import saved_model as export
-from shrewd_tf.training import trainer
+from shrewd_tf.ops import bits as bits_lib
+from tests.support.exports import IMAGE_SHAPE
+from tests.support.exports import MEAN
+from tests.support.exports import STD
+from tests.support.exports import keras_codes
+from tests.support.exports import make_run_dir
+from tests.support.exports import png
+from tests.support.exports import random_images
+from tests.support.exports import save_text_op_saved_model
 from tests.support.image_sources import reference_halving
-
-IMAGE_SHAPE = (12, 12, 3)
-MEAN = [101.0, 117.0, 96.0]
-STD = [61.0, 55.0, 70.0]
-
-
-def make_run_dir(run_dir, image_shape=IMAGE_SHAPE, code_bits=16, mean=MEAN,
-                 std=STD):
-    """A finished-run directory: config.json, preprocessing.json, model.keras.
-
-    The code head is centred at 0.5 (a linear head's bias is set to 0.5), so
-    a random-weight model puts codes on both sides of the bit threshold.
-
-    Returns:
-        (model, mean float32 [C], std float32 [C]).
-    """
-    os.makedirs(run_dir, exist_ok=True)
-    config = config_lib.ExperimentConfig(name="tiny").with_overrides(
-        {"model.encoder": "cifar_resnet:8:4", "model.code_bits": code_bits}
-    )
-    keras.utils.set_random_seed(0)
-    model = trainer.build_model(config, 4, image_shape)
-    if config.model.code_activation == "linear":
-        # A bounded head is centred at 0.5 already.
-        code_layer = model.get_layer("code")
-        code_layer.bias.assign(np.full(code_bits, 0.5, np.float32))
-    config.save_json(os.path.join(run_dir, "config.json"))
-    with open(os.path.join(run_dir, "preprocessing.json"), "w") as f:
-        json.dump(
-            {"image_shape": list(image_shape), "mean": mean, "std": std}, f
-        )
-    model.save(os.path.join(run_dir, "model.keras"))
-    return model, np.float32(mean), np.float32(std)
-
-
-def keras_codes(model, pixels, mean, std):
-    """Reference: numpy standardisation of uint8/float pixels, Keras call."""
-    standardised = (np.asarray(pixels, np.float32) - mean) / std
-    return model(standardised, training=False)["code"].numpy()
-
-
-def random_images(count, shape=IMAGE_SHAPE, seed=0):
-    rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (count, *shape)).astype(np.uint8)
-
-
-def png(image):
-    return tf.io.encode_png(image).numpy()
-
-
-def save_text_op_saved_model(path):
-    """A SavedModel using a TF Text op (CaseFoldUTF8), not core TF."""
-    import tensorflow_text
-
-    module = tf.Module()
-    module.fold = tf.function(
-        tensorflow_text.case_fold_utf8,
-        input_signature=[tf.TensorSpec([None], tf.string)],
-    )
-    tf.saved_model.save(module, path)
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    run_dir = tmp_path_factory.mktemp("run")
-    model, mean, std = make_run_dir(run_dir)
-    return run_dir, model, mean, std
-
-
-@pytest.fixture(scope="module")
-def exported(run, tmp_path_factory):
-    run_dir = run[0]
-    root = tmp_path_factory.mktemp("exports")
-    path = export.export_saved_model(run_dir, root, "shrewd")
-    return root, path, tf.saved_model.load(path)
 
 
 # === Layout and signatures ===
@@ -167,6 +99,11 @@ def test_pack_bits_is_msb_first():
     np.testing.assert_array_equal(
         export.pack_bits(tf.constant(code)).numpy(), expected
     )
+    # The graph's packing is the NumPy convention of ops.bits.
+    codes = np.random.default_rng(0).random((5, 24)).astype(np.float32)
+    codes[0, :3] = contract.BIT_THRESHOLD
+    packed = export.pack_bits(tf.constant(codes)).numpy()
+    np.testing.assert_array_equal(packed, bits_lib.pack_bits(codes))
 
 
 def test_images_are_resized_to_the_model_input(run, exported):
@@ -231,98 +168,7 @@ def test_undecodable_bytes_are_an_invalid_argument(exported):
         )
 
 
-# === Ops ===
-
-
-def test_graph_has_only_core_tensorflow_ops(exported):
-    op_types = export.saved_model_op_types(exported[1])
-    assert {"DecodeImage", "ScaleAndTranslate", "Conv2D"} <= op_types
-    assert export.non_core_ops(op_types) == []
-    assert not [
-        op for op in op_types
-        if op.lower().startswith(("scann", "addons"))
-        or "utf8" in op.lower()
-        or "wordpiece" in op.lower()
-        or "sentencepiece" in op.lower()
-    ]
-
-
-def test_text_op_is_reported_as_non_core(tmp_path):
-    save_text_op_saved_model(str(tmp_path / "text"))
-    op_types = export.saved_model_op_types(str(tmp_path / "text"))
-    assert "CaseFoldUTF8" in op_types
-    assert export.non_core_ops(op_types) == ["CaseFoldUTF8"]
-
-
-# === Warm-up ===
-
-
-def test_warmup_requests_parse_and_run(run, exported):
-    _, model, mean, std = run
-    path = os.path.join(
-        exported[1], "assets.extra", "tf_serving_warmup_requests"
-    )
-    records = [
-        prediction_log_pb2.PredictionLog.FromString(record.numpy())
-        for record in tf.data.TFRecordDataset(path)
-    ]
-    assert len(records) == 1
-    request = records[0].predict_log.request
-    assert request.model_spec.name == "shrewd"
-    assert request.model_spec.signature_name == "serving_default"
-    images = tf.make_ndarray(request.inputs["images"])
-    assert images.shape == (1,)
-    served = exported[2].signatures[request.model_spec.signature_name](
-        images=tf.constant(images)
-    )
-    pixels = tf.io.decode_png(images[0]).numpy()
-    assert pixels.shape == IMAGE_SHAPE
-    np.testing.assert_allclose(
-        served["code"].numpy(),
-        keras_codes(model, pixels[None], mean, std),
-        atol=1e-5,
-    )
-
-
-def test_warmup_request_runs_in_a_session_like_tf_serving(exported):
-    # TF Serving loads a SavedModelBundle into a Session and feeds the
-    # SignatureDef's tensor names; do the same with the warm-up request.
-    path = exported[1]
-    warmup = os.path.join(path, "assets.extra", "tf_serving_warmup_requests")
-    record = next(iter(tf.data.TFRecordDataset(warmup))).numpy()
-    request = prediction_log_pb2.PredictionLog.FromString(record)
-    request = request.predict_log.request
-    loaded = exported[2].signatures["serving_default"](
-        images=tf.constant(tf.make_ndarray(request.inputs["images"]))
-    )
-    with tf.Graph().as_default(), tf.compat.v1.Session() as session:
-        meta_graph = tf.compat.v1.saved_model.loader.load(
-            session, ["serve"], path
-        )
-        signature = meta_graph.signature_def[request.model_spec.signature_name]
-        assert signature.method_name == "tensorflow/serving/predict"
-        feed = {
-            signature.inputs[name].name: tf.make_ndarray(tensor)
-            for name, tensor in request.inputs.items()
-        }
-        fetches = {
-            name: info.name for name, info in signature.outputs.items()
-        }
-        outputs = session.run(fetches, feed)
-    np.testing.assert_allclose(outputs["code"], loaded["code"], atol=1e-6)
-    np.testing.assert_array_equal(outputs["bits"], loaded["bits"])
-
-
 # === Versions and atomicity ===
-
-
-def test_next_version_skips_files_and_staging_dirs(tmp_path):
-    assert export.next_version(str(tmp_path / "missing")) == 1
-    for name in ("2", "10", ".tmp-export-abc", "latest"):
-        (tmp_path / name).mkdir()
-    (tmp_path / "11").write_text("a file, not a version")
-    assert export.existing_versions(str(tmp_path)) == [2, 10]
-    assert export.next_version(str(tmp_path)) == 11
 
 
 class _TinyArchive:
@@ -426,42 +272,3 @@ def test_model_name_is_validated(tmp_path, name):
         export.export_saved_model(tmp_path, tmp_path / "e", name)
 
 
-# === TF Serving configuration ===
-
-
-def test_models_config_parses_back(exported, tmp_path):
-    root = exported[0]
-    path = str(tmp_path / "models.config")
-    command = export.write_model_server_config(root, ["shrewd"], path)
-    with open(path) as f:
-        parsed = text_format.Parse(
-            f.read(), model_server_config_pb2.ModelServerConfig()
-        )
-    [entry] = parsed.model_config_list.config
-    assert entry.name == "shrewd"
-    assert entry.base_path == os.path.join(os.path.abspath(root), "shrewd")
-    assert entry.model_platform == "tensorflow"
-    assert command.split() == [
-        "tensorflow_model_server", "--port=8500", "--rest_api_port=8501",
-        f"--model_config_file={path}",
-    ]
-
-
-def test_models_config_for_a_container_root(exported):
-    root = exported[0]
-    command = export.write_model_server_config(
-        root, ["shrewd"], serving_root="/models"
-    )
-    assert command.endswith("--model_config_file=/models/models.config")
-    with open(os.path.join(root, "models.config")) as f:
-        parsed = text_format.Parse(
-            f.read(), model_server_config_pb2.ModelServerConfig()
-        )
-    assert parsed.model_config_list.config[0].base_path == "/models/shrewd"
-
-
-def test_models_config_needs_exported_models(exported):
-    with pytest.raises(FileNotFoundError, match="missing"):
-        export.write_model_server_config(exported[0], ["missing"])
-    with pytest.raises(ValueError, match="model_names="):
-        export.write_model_server_config(exported[0], ["shrewd", "shrewd"])
