@@ -37,6 +37,7 @@ are the records actually written). Other flags go to Beam (`--runner`, ...).
 
 `run(MakeTFRecordsOptions(...))` is the typed entry point (the pipeline's
 example_gen stage calls it); `main(argv)` parses the flags into the options.
+`pipeline.source_plans` resolves `--source` into the readers to apply.
 """
 
 import argparse
@@ -44,7 +45,6 @@ import dataclasses
 import glob
 import logging
 import os
-import re
 import sys
 
 import apache_beam as beam
@@ -56,19 +56,17 @@ from pipeline.outputs import StagedOutputDir
 from pipeline.outputs import WriteTFRecords
 from pipeline.outputs import records_written
 from pipeline.options import DEFAULT_RUNNER
-from pipeline.options import as_options
 from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
-from shrewd_tf.data import records as data
-from shrewd_tf.data import tfds_sources as datasets
+from pipeline.source_plans import make_plan
 from shrewd_tf.data import image_folder
+from shrewd_tf.data import records as data
 
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_PREFIX = "dead_letters"
 DEFAULT_RECORDS_PER_SHARD = 10_000
 DEFAULT_TEST_FRACTION = 0.1
-_SPLIT_NAME = re.compile(r"^[A-Za-z0-9_]+$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,17 +125,6 @@ class MakeTFRecordsOptions:
     beam_args: tuple = ()
 
 
-@dataclasses.dataclass
-class _Plan:
-    """A source resolved before the pipeline is built."""
-
-    source: str
-    image_shape: tuple
-    class_names: tuple
-    counts: dict  # split -> expected records (for shard counts)
-    build: object  # pipeline -> ({split: records}, [dead letters])
-
-
 # === Arguments ===
 
 
@@ -151,26 +138,6 @@ def _pair(text):
             f"expected two positive integers H,W. Received: {text!r}"
         )
     return values
-
-
-def _parse_splits(text):
-    """'train,val=train[90%:]' -> [('train', 'train'), ('val', ...)]."""
-    splits = []
-    for entry in (e.strip() for e in text.split(",") if e.strip()):
-        name, _, spec = entry.partition("=")
-        name, spec = name.strip(), spec.strip() or name.strip()
-        if not _SPLIT_NAME.match(name):
-            raise ValueError(
-                "split names must be letters, digits or '_' (they start the "
-                f"shard file names). Received: split={name!r}"
-            )
-        splits.append((name, spec))
-    names = [n for n, _ in splits]
-    if not names or len(set(names)) != len(names):
-        raise ValueError(
-            f"--splits must name distinct splits. Received: --splits={text!r}"
-        )
-    return splits
 
 
 def build_arg_parser():
@@ -227,159 +194,6 @@ def parse_options(argv=None):
         build_arg_parser().parse_known_args, MakeTFRecordsOptions, argv)
 
 
-# === Sources ===
-
-
-def _image_shape(args, native):
-    """(H, W, C) training decodes to; `native` may hold None."""
-    size = args.image_size or native[:2]
-    channels = args.channels or native[2]
-    shape = (*size, channels)
-    if any(v is None for v in shape):
-        raise ValueError(
-            f"--source {args.source}: images differ in size; pass "
-            f"--image-size H,W (and --channels). Received: native "
-            f"shape={native}"
-        )
-    return tuple(int(v) for v in shape)
-
-
-def _prepare_step(args, native, image_shape):
-    """PrepareImages for records of shape `native`, or None if not needed."""
-    if args.keep_image_bytes:
-        if native[2] == image_shape[2]:
-            return None
-        return transforms.PrepareImages(
-            image_shape[2], None, args.min_image_size)
-    if tuple(native) == image_shape:
-        return None
-    return transforms.PrepareImages(
-        image_shape[2], image_shape[:2], args.min_image_size)
-
-
-def _apply_prepare(step, split, records, dead_letters):
-    if step is None:
-        return records
-    records, rejected = records | f"{split}/PrepareImages" >> step
-    dead_letters.append(rejected)
-    return records
-
-
-def _fashion_mnist_plan(args, splits):
-    reads = {}
-    for split, spec in splits:
-        reads[split] = transforms.ReadFashionMNIST(
-            spec, args.data_dir, limit=args.limit)
-    native = transforms.ReadFashionMNIST.image_shape
-    image_shape = _image_shape(args, native)
-    step = _prepare_step(args, native, image_shape)
-
-    def build(pipeline):
-        per_split, dead_letters = {}, []
-        for split, read in reads.items():
-            records = pipeline | f"{split}/ReadFashionMNIST" >> read
-            per_split[split] = _apply_prepare(step, split, records,
-                                              dead_letters)
-        return per_split, dead_letters
-
-    return _Plan(
-        source="fashion_mnist",
-        image_shape=image_shape,
-        class_names=tuple(datasets.FASHION_MNIST_CLASS_NAMES),
-        counts={split: read.num_records() for split, read in reads.items()},
-        build=build,
-    )
-
-
-def _tfds_plan(args, splits, name):
-    reads = {
-        split: transforms.ReadTfdsSplit(name, spec, args.data_dir,
-                                        id_prefix=split)
-        for split, spec in splits
-    }
-    descriptions = {split: read.describe() for split, read in reads.items()}
-    native, class_names, _ = next(iter(descriptions.values()))
-    image_shape = _image_shape(args, native)
-    step = _prepare_step(args, native, image_shape)
-
-    def build(pipeline):
-        per_split, dead_letters = {}, []
-        for split, read in reads.items():
-            records = pipeline | f"{split}/ReadTfds" >> read
-            per_split[split] = _apply_prepare(step, split, records,
-                                              dead_letters)
-        return per_split, dead_letters
-
-    return _Plan(
-        source=f"tfds:{name}",
-        image_shape=image_shape,
-        class_names=class_names,
-        counts={split: d[2] or 0 for split, d in descriptions.items()},
-        build=build,
-    )
-
-
-def _captions_plan(args, splits, captions_file):
-    if any(spec != name for name, spec in splits) or len(splits) > 2:
-        raise ValueError(
-            "captions sources take one or two plain split names (the second "
-            f"gets --test-fraction of the ids). Received: --splits="
-            f"{args.splits!r}"
-        )
-    class_names = None
-    if args.class_names_file:
-        with open(args.class_names_file, encoding="utf-8") as f:
-            class_names = [line.strip() for line in f if line.strip()]
-    image_shape = _image_shape(args, (None, None, 3))
-    read = transforms.ReadImageFolder(
-        captions_file,
-        class_names=class_names,
-        channels=image_shape[2],
-        image_size=None if args.keep_image_bytes else image_shape[:2],
-        min_size=args.min_image_size,
-        format=args.captions_format,
-    )
-    names = [name for name, _ in splits]
-    fraction = args.test_fraction
-    counts = dict.fromkeys(names, 0)
-    for row in image_folder.read_captions(captions_file, read.format):
-        test = (len(names) == 2
-                and transforms.id_hash_fraction(row.id) < fraction)
-        counts[names[int(test)]] += 1
-
-    def build(pipeline):
-        records, dead_letters = pipeline | "ReadImageFolder" >> read
-        if len(names) == 1:
-            return {names[0]: records}, [dead_letters]
-        train, test = records | "SplitByIdHash" >> transforms.SplitByIdHash(
-            fraction)
-        return {names[0]: train, names[1]: test}, [dead_letters]
-
-    return _Plan(
-        source="captions",
-        image_shape=image_shape,
-        class_names=read.class_names,
-        counts=counts,
-        build=build,
-    )
-
-
-def make_plan(args):
-    """Resolves `--source` into a `_Plan` (reads headers and counts)."""
-    splits = _parse_splits(args.splits)
-    kind, _, value = args.source.partition(":")
-    if args.source == "fashion_mnist":
-        return _fashion_mnist_plan(args, splits)
-    if kind == "tfds" and value:
-        return _tfds_plan(args, splits, value)
-    if kind == "captions" and value:
-        return _captions_plan(args, splits, value)
-    raise ValueError(
-        "--source must be fashion_mnist, tfds:<name> or captions:<file>. "
-        f"Received: --source={args.source!r}"
-    )
-
-
 # === The job ===
 
 
@@ -396,41 +210,44 @@ def run(options, test_pipeline=None):
     """Runs the job; see the module docstring for the flags.
 
     Args:
-        options: `MakeTFRecordsOptions` (a command line, a list of str, is
-            parsed for callers written before the options).
+        options: `MakeTFRecordsOptions` (`main` parses a command line).
         test_pipeline: a `TestPipeline` to build on instead of a new one.
 
     Returns:
         `MakeTFRecordsResult`.
 
     Raises:
+        TypeError: `options` is not `MakeTFRecordsOptions`.
         ValueError: bad flags, or a captions file with a bad header.
         FileNotFoundError: a missing source file or directory.
         RuntimeError: the pipeline did not finish.
     """
-    args = as_options(options, MakeTFRecordsOptions, parse_options)
-    beam_args = args.beam_args
-    if "://" in args.output_dir:
+    if not isinstance(options, MakeTFRecordsOptions):
+        raise TypeError(
+            "run() takes MakeTFRecordsOptions (main() parses a command "
+            f"line). Received: {type(options).__name__}"
+        )
+    if "://" in options.output_dir:
         raise ValueError(
             "--output-dir must be a local or mounted shared path: the "
             "output is swapped in with a rename. Received: "
-            f"--output-dir={args.output_dir!r}"
+            f"--output-dir={options.output_dir!r}"
         )
-    if args.records_per_shard < 1:
+    if options.records_per_shard < 1:
         raise ValueError(
             "--records-per-shard must be positive. Received: "
-            f"--records-per-shard={args.records_per_shard}"
+            f"--records-per-shard={options.records_per_shard}"
         )
-    if args.limit is not None and args.source != "fashion_mnist":
+    if options.limit is not None and options.source != "fashion_mnist":
         raise ValueError(
             "--limit is for --source fashion_mnist; for tfds use split "
             "slices (--splits train=train[:N]). Received: "
-            f"--source={args.source!r}"
+            f"--source={options.source!r}"
         )
-    plan = make_plan(args)
-    with StagedOutputDir(args.output_dir) as staged:
+    plan = make_plan(options)
+    with StagedOutputDir(options.output_dir) as staged:
         pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(beam_args)
+            options=pipeline_options(options.beam_args)
         )
         per_split, dead_letters = plan.build(pipeline)
         for split, records in per_split.items():
@@ -438,7 +255,7 @@ def run(options, test_pipeline=None):
                 transforms.ValidateRecords())
             dead_letters.append(rejected)
             num_shards = data.shard_count(
-                plan.counts[split], args.records_per_shard)
+                plan.counts[split], options.records_per_shard)
             _ = records | f"{split}/Write" >> WriteTFRecords(
                 staged.path, split, num_shards)
         _ = (

@@ -18,7 +18,8 @@ once; for JSON lines the first line plays the header's role. Problems of
 single rows (a malformed line, an empty caption, an unknown label, an image
 that is missing or cannot be decoded) are NOT raised here: `read_captions`
 yields every row with its line number and `problem` set, and the Beam step
-(`pipeline.transforms.ReadImageFolder`) turns them into dead letters.
+(`pipeline.image_folder_reader.ReadImageFolder`) turns them into dead
+letters.
 
 `prepare_image` is the one per-image check, shared by every source: decode
 with TensorFlow, reject images that are too small, then either keep the

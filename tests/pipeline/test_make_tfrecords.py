@@ -8,6 +8,7 @@ import pytest
 
 from pipeline import make_tfrecords
 from pipeline.dead_letters import read_dead_letters
+from pipeline.make_tfrecords import MakeTFRecordsOptions
 from shrewd_tf.data import records as data
 from shrewd_tf.data import tfds_sources as datasets
 from tests.support.image_sources import CLASS_NAMES
@@ -59,10 +60,8 @@ def test_fashion_mnist_job(tmp_path):
 def test_fashion_mnist_job_limit_keeps_the_first_records(tmp_path):
     arrays = write_fake_fashion_mnist(str(tmp_path / "idx"))
     out = tmp_path / "out"
-    result = make_tfrecords.run([
-        "--source", "fashion_mnist", "--data-dir", str(tmp_path / "idx"),
-        "--output-dir", str(out), "--limit", "3",
-    ])
+    result = make_tfrecords.run(MakeTFRecordsOptions(
+        "fashion_mnist", str(out), data_dir=str(tmp_path / "idx"), limit=3))
     assert result.splits == {"train": 3, "test": 3}
     train = data.load_split_arrays(str(out), "train")
     assert sorted(train["ids"]) == ["train/00000", "train/00001", "train/00002"]
@@ -73,23 +72,22 @@ def test_fashion_mnist_job_limit_keeps_the_first_records(tmp_path):
 
 def test_limit_is_refused_for_other_sources(tmp_path):
     with pytest.raises(ValueError, match="--limit is for --source fashion_mnist"):
-        make_tfrecords.run([
-            "--source", "tfds:cifar100", "--data-dir", str(tmp_path),
-            "--output-dir", str(tmp_path / "out"), "--limit", "3",
-        ])
+        make_tfrecords.run(MakeTFRecordsOptions(
+            "tfds:cifar100", str(tmp_path / "out"), data_dir=str(tmp_path),
+            limit=3))
 
 
 def test_fashion_mnist_job_multi_processing_with_resize(tmp_path):
     """The real DirectRunner engine with 2 worker processes; 28 -> 14 RGB."""
     arrays = write_fake_fashion_mnist(str(tmp_path / "idx"),
                                       counts=(("test", 6),))
-    result = make_tfrecords.run([
-        "--source", "fashion_mnist", "--data-dir", str(tmp_path / "idx"),
-        "--splits", "test", "--output-dir", str(tmp_path / "out"),
-        "--image-size", "14,14", "--channels", "3",
-        "--records-per-shard", "2",
-        "--direct_num_workers=2", "--direct_running_mode=multi_processing",
-    ])
+    result = make_tfrecords.run(MakeTFRecordsOptions(
+        "fashion_mnist", str(tmp_path / "out"),
+        data_dir=str(tmp_path / "idx"), splits="test", image_size=(14, 14),
+        channels=3, records_per_shard=2,
+        beam_args=("--direct_num_workers=2",
+                   "--direct_running_mode=multi_processing"),
+    ))
     assert result.splits == {"test": 6} and result.dead_letters == {}
     assert result.info.image_shape == (14, 14, 3)
     assert len(shard_names(result.output_dir, "test")) == 3
@@ -114,11 +112,10 @@ def test_captions_job_with_dead_letters(tmp_path):
     # A test fraction between the two smallest hashes: one good id in test.
     fractions = sorted(hash_fraction(i) for i in good)
     test_fraction = (fractions[0] + fractions[1]) / 2
-    result = make_tfrecords.run([
-        "--source", f"captions:{path}", "--output-dir", str(tmp_path / "out"),
-        "--image-size", "8,8", "--class-names-file", str(classes_file),
-        "--test-fraction", str(test_fraction),
-    ])
+    result = make_tfrecords.run(MakeTFRecordsOptions(
+        f"captions:{path}", str(tmp_path / "out"), image_size=(8, 8),
+        class_names_file=str(classes_file), test_fraction=test_fraction,
+    ))
     expected_test = {i for i in good if hash_fraction(i) < test_fraction}
     assert len(expected_test) == 1
     assert result.splits == {"train": 2, "test": 1}
@@ -155,10 +152,9 @@ def test_tfds_job_mocked(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=4):
-        result = make_tfrecords.run([
-            "--source", "tfds:cifar100", "--data-dir", str(tmp_path),
-            "--splits", "train", "--output-dir", str(tmp_path / "out"),
-        ])
+        result = make_tfrecords.run(MakeTFRecordsOptions(
+            "tfds:cifar100", str(tmp_path / "out"), data_dir=str(tmp_path),
+            splits="train"))
     assert result.splits == {"train": 4}
     assert result.info.image_shape == (32, 32, 3)
     assert len(result.info.class_names) == 100
@@ -166,38 +162,52 @@ def test_tfds_job_mocked(tmp_path):
     assert sorted(arrays["ids"]) == [f"train/{i:05d}" for i in range(4)]
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--source", "mnist"], "Received: --source='mnist'"),
-    (["--source", "fashion_mnist", "--splits", "train,train"], "distinct"),
-    (["--source", "fashion_mnist", "--splits", "a-b"], "split='a-b'"),
-    (["--source", "fashion_mnist", "--splits", "validation"],
+@pytest.mark.parametrize("values, match", [
+    ({"source": "mnist"}, "Received: --source='mnist'"),
+    ({"source": "fashion_mnist", "splits": "train,train"}, "distinct"),
+    ({"source": "fashion_mnist", "splits": "a-b"}, "split='a-b'"),
+    ({"source": "fashion_mnist", "splits": "validation"},
      "split='validation'"),
-    (["--source", "captions:c.csv", "--output-dir", "gs://b/x"], "gs://b/x"),
+    ({"source": "captions:c.csv", "output_dir": "gs://b/x"}, "gs://b/x"),
+    ({"source": "fashion_mnist", "records_per_shard": 0},
+     "records-per-shard=0"),
 ])
-def test_bad_arguments(tmp_path, argv, match):
-    if "--output-dir" not in argv:
-        argv = argv + ["--output-dir", str(tmp_path / "out")]
+def test_bad_arguments(tmp_path, values, match):
+    values = {"output_dir": str(tmp_path / "out"), **values}
     with pytest.raises(ValueError, match=match):
-        make_tfrecords.run(argv)
+        make_tfrecords.run(MakeTFRecordsOptions(**values))
     assert not (tmp_path / "out").exists()
+
+
+def test_run_takes_options_and_main_takes_a_command_line(tmp_path):
+    argv = ["--source", "fashion_mnist", "--output-dir", str(tmp_path)]
+    with pytest.raises(TypeError, match="MakeTFRecordsOptions"):
+        make_tfrecords.run(argv)
+    assert make_tfrecords.parse_options(
+        argv + ["--image-size", "14,14", "--runner=FnApiRunner"]
+    ) == MakeTFRecordsOptions("fashion_mnist", str(tmp_path),
+                              image_size=(14, 14),
+                              beam_args=("--runner=FnApiRunner",))
 
 
 def test_captions_argument_errors(tmp_path):
     path, _, _ = write_captions_folder(str(tmp_path / "folder"))
-    out = ["--output-dir", str(tmp_path / "out")]
+    out = str(tmp_path / "out")
     with pytest.raises(ValueError, match="--image-size"):
-        make_tfrecords.run(["--source", f"captions:{path}"] + out)
+        make_tfrecords.run(MakeTFRecordsOptions(f"captions:{path}", out))
     with pytest.raises(ValueError, match="one or two"):
-        make_tfrecords.run(["--source", f"captions:{path}", "--image-size",
-                            "8,8", "--splits", "a,b,c"] + out)
+        make_tfrecords.run(MakeTFRecordsOptions(
+            f"captions:{path}", out, image_size=(8, 8), splits="a,b,c"))
     header_only = tmp_path / "bad.csv"
     header_only.write_text("image,label\n")
     with pytest.raises(ValueError, match="caption"):
-        make_tfrecords.run(["--source", f"captions:{header_only}",
-                            "--image-size", "8,8"] + out)
+        make_tfrecords.run(MakeTFRecordsOptions(
+            f"captions:{header_only}", out, image_size=(8, 8)))
     assert sorted(os.listdir(tmp_path)) == ["bad.csv", "folder"]
+    # The command line: a missing captions file is exit code 2.
     assert make_tfrecords.main(["--source", f"captions:{tmp_path / 'no.csv'}",
-                                "--image-size", "8,8"] + out) == 2
+                                "--image-size", "8,8", "--output-dir",
+                                out]) == 2
 
 
 def test_summary_line_lists_splits_and_stages():
