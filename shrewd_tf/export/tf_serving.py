@@ -1,4 +1,4 @@
-"""What TF Serving reads besides the SavedModel: warm-up requests, models.config.
+"""What TF Serving reads beside a SavedModel: warm-up requests, models.config.
 
 * `write_warmup_requests` writes `assets.extra/tf_serving_warmup_requests`
   into a version directory: a TFRecord of `PredictionLog`s, each a
