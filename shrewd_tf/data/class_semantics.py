@@ -114,8 +114,9 @@ def _load_class_distances(path, num_classes):
     matrix = np.load(path)
     if matrix.shape != (num_classes, num_classes):
         raise ValueError(
-            f"{path}: expected a [{num_classes}, {num_classes}] class-distance "
-            f"matrix for the {num_classes} classes. Received: shape={matrix.shape}"
+            f"{path}: expected a [{num_classes}, {num_classes}] "
+            f"class-distance matrix for the {num_classes} classes. "
+            f"Received: shape={matrix.shape}"
         )
     if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
         raise ValueError(f"{path}: class distances must be finite and >= 0")
@@ -143,7 +144,9 @@ def class_distance_matrix(data_config, class_names, source=""):
     if kind == CAPTIONS:
         return None
     if data_config.class_distances_file:
-        return _load_class_distances(data_config.class_distances_file, len(class_names))
+        return _load_class_distances(
+            data_config.class_distances_file, len(class_names)
+        )
     if kind in ("wup", "bert"):
         synsets = class_synsets_for(data_config, class_names, source)
         if kind == "wup":
@@ -162,7 +165,9 @@ def class_distance_matrix(data_config, class_names, source=""):
                 f"class_names_file={data_config.class_names_file!r}"
             )
         edges = semantics.read_parent_child_edges(data_config.hierarchy_file)
-        ids = _class_ids_in_label_order(data_config.class_names_file, class_names)
+        ids = _class_ids_in_label_order(
+            data_config.class_names_file, class_names
+        )
         return semantics.lcs_height_distance_matrix(edges, ids)
     raise ValueError(
         "Unknown semantics; expected wup, lcs, bert or captions. "

@@ -51,8 +51,9 @@ class ExperimentData:
         mean, std: float32 [C] training channel statistics (pixel units).
         class_names: list of C names, in label order ([] when unlabelled).
         class_distances: float64 [C, C], zero diagonal, in [0, 1] for
-            WUP/LCS, in [0, 2] for "bert" (1 - cos); None for semantics="captions" (the similarity loss
-            then compares caption embeddings).
+            WUP/LCS, in [0, 2] for "bert" (1 - cos); None for
+            semantics="captions" (the similarity loss then compares
+            caption embeddings).
         train_embeddings: float32 [N, E] caption embeddings, or None.
         test_embeddings: float32 [M, E], or None.
         test_ids: str [M] record ids (TFRecords), or None.
