@@ -14,7 +14,6 @@ Every job has a typed entry point `run(options: <Job>Options) ->
 the options' field names.
 """
 
-import dataclasses
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
@@ -43,37 +42,3 @@ def options_from_argv(parse_args, options_type, argv):
     """
     args, beam_args = parse_args(argv)
     return options_type(**vars(args), beam_args=tuple(beam_args))
-
-
-def as_options(options, options_type, parse_options):
-    """`options` itself, or parsed when a caller still passes a command line.
-
-    `run()` took argv before it took options; a list of strings is parsed
-    with `parse_options` so such callers keep working.
-
-    Raises:
-        TypeError: neither `options_type` nor a list of strings.
-    """
-    if isinstance(options, options_type):
-        return options
-    if isinstance(options, (list, tuple)) and all(
-        isinstance(a, str) for a in options
-    ):
-        return parse_options(list(options))
-    raise TypeError(
-        f"run() takes {options_type.__name__} (main() parses a command "
-        f"line). Received: {type(options).__name__}"
-    )
-
-
-class ResultItems:
-    """`result["name"]` reads `result.name`.
-
-    For callers written when the job returned a dict; new code reads the
-    attributes.
-    """
-
-    def __getitem__(self, name):
-        if name not in {f.name for f in dataclasses.fields(self)}:
-            raise KeyError(name)
-        return getattr(self, name)

@@ -17,13 +17,9 @@ from tests.support import encoders as encoder_fixtures
 
 @pytest.fixture(scope="module")
 def model_root(tmp_path_factory):
-    """export_root/fake/<version>/ with versions 2, 10 (newest) and junk."""
-    root = tmp_path_factory.mktemp("export") / "fake"
-    encoder_fixtures.save_fake_encoder(str(root / "2"), seed=2)
-    encoder_fixtures.save_fake_encoder(str(root / "10"), seed=10)
-    os.makedirs(root / "11-tmp")  # Not an integer version.
-    os.makedirs(root / "12")  # No saved_model.pb.
-    return str(root)
+    return encoder_fixtures.versioned_model_root(
+        tmp_path_factory.mktemp("export")
+    )
 
 
 def _codes_close_to(expected):

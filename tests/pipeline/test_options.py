@@ -52,15 +52,6 @@ def test_run_refuses_what_is_not_its_options(job):
         module.run({"output_dir": "out"})
 
 
-def test_as_options_parses_a_legacy_command_line():
-    options = options_lib.as_options(
-        ["--input-dir", "in", "--output-dir", "out"],
-        embed_captions.EmbedCaptionsOptions,
-        embed_captions.parse_options,
-    )
-    assert options == embed_captions.EmbedCaptionsOptions("in", "out")
-
-
 def test_results_are_frozen_and_read_as_attributes():
     result = label_distances.LabelDistancesResult("m.npy", "m.json", "wup", 3)
     assert result.num_classes == 3

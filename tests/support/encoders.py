@@ -73,6 +73,20 @@ def save_fake_encoder(export_dir, code_bits=32, seed=0):
     return export_dir
 
 
+def versioned_model_root(directory):
+    """`directory`/fake/<version>/: versions 2 and 10 (newest) and junk.
+
+    Also "11-tmp" (not an integer version) and "12" (no saved_model.pb).
+    Returns the model root as a string.
+    """
+    root = os.path.join(str(directory), "fake")
+    save_fake_encoder(os.path.join(root, "2"), seed=2)
+    save_fake_encoder(os.path.join(root, "10"), seed=10)
+    os.makedirs(os.path.join(root, "11-tmp"))
+    os.makedirs(os.path.join(root, "12"))
+    return root
+
+
 def make_records(num, seed=0, prefix="test", num_classes=3):
     """`num` ImageRecords of random 8x8 RGB PNGs with labels and captions."""
     rng = np.random.default_rng(seed)
