@@ -35,7 +35,7 @@ def inputs(tmp_path_factory):
         b"not a tf.train.Example",
     ]
     queries = encoder_fixtures.make_records(12, seed=8, prefix="train")
-    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+    tfrecord_dir = encoder_fixtures.write_records_dir(
         str(root / "tfrecords"),
         {"test": good[:50] + bad + good[50:], "train": queries},
     )
@@ -258,7 +258,7 @@ def test_bad_split_signature_and_flags_fail_before_the_pipeline(
 def test_typed_options_run_the_job(tmp_path, capsys):
     model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "3"))
     records = encoder_fixtures.make_records(24, seed=9)
-    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+    tfrecord_dir = encoder_fixtures.write_records_dir(
         str(tmp_path / "tfrecords"), {"test": records}
     )
     result = build_index.run(build_index.BuildIndexOptions(

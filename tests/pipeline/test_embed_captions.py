@@ -15,7 +15,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import tensorflow as tf  # noqa: E402
 from apache_beam.testing import test_pipeline  # noqa: E402
 
 from pipeline import dead_letters  # noqa: E402
@@ -27,12 +26,13 @@ from tests.support.sentence_encoders import FAKE_ENCODER_NAME  # noqa: E402
 from tests.support.sentence_encoders import NAN_MARK  # noqa: E402
 from tests.support.sentence_encoders import FakeEncoderHandler  # noqa: E402
 from tests.support.sentence_encoders import fake_embedding  # noqa: E402
+from tests.support.records import write_shards  # noqa: E402
 
 IMAGE_SHAPE = (4, 5, 1)
 WORDS = "dog cat runs sleeps on a the beach sofa red blue".split()
 
 
-def write_tfrecord_dir(directory, split_sizes, shards, bad_ids=()):
+def write_caption_records_dir(directory, split_sizes, shards, bad_ids=()):
     """Writes records with random 4x5 images and captions, like
     make_tfrecords; ids in `bad_ids` get an empty or a nan-marked caption.
 
@@ -58,14 +58,10 @@ def write_tfrecord_dir(directory, split_sizes, shards, bad_ids=()):
                 label_name=("zero", "one")[label], caption=caption,
             ))
         per_shard = -(-size // shards[split])
-        for shard in range(shards[split]):
-            path = os.path.join(
-                directory,
-                f"{split}-{shard:05d}-of-{shards[split]:05d}.tfrecord")
-            with tf.io.TFRecordWriter(path) as writer:
-                for record in records[shard * per_shard:
-                                      (shard + 1) * per_shard]:
-                    writer.write(data.serialize(record))
+        write_shards(directory, split, [
+            records[shard * per_shard:(shard + 1) * per_shard]
+            for shard in range(shards[split])
+        ])
     data.DatasetInfo(
         image_shape=IMAGE_SHAPE, class_names=("zero", "one"),
         splits=dict(split_sizes), source="test fixture",
@@ -78,7 +74,7 @@ def test_job_embeds_every_split_and_writes_dead_letters(tmp_path):
     output_dir = str(tmp_path / "out")
     bad = {"train/002": "nan embedding", "train/005": "empty caption",
            "test/001": "empty caption"}
-    written = write_tfrecord_dir(input_dir, {"train": 7, "test": 3},
+    written = write_caption_records_dir(input_dir, {"train": 7, "test": 3},
                                  {"train": 3, "test": 1}, bad_ids=bad)
 
     result = embed_captions.run(
@@ -124,7 +120,7 @@ def test_job_embeds_every_split_and_writes_dead_letters(tmp_path):
 def test_failed_run_leaves_existing_output_untouched(tmp_path):
     input_dir = str(tmp_path / "in")
     output_dir = tmp_path / "out"
-    write_tfrecord_dir(input_dir, {"train": 3}, {"train": 1})
+    write_caption_records_dir(input_dir, {"train": 3}, {"train": 1})
     output_dir.mkdir()
     (output_dir / "marker.txt").write_text("previous run")
 
@@ -142,7 +138,7 @@ def test_failed_run_leaves_existing_output_untouched(tmp_path):
 
 def test_output_dir_may_be_the_input_dir(tmp_path):
     directory = str(tmp_path / "data")
-    written = write_tfrecord_dir(directory, {"train": 3}, {"train": 2})
+    written = write_caption_records_dir(directory, {"train": 3}, {"train": 2})
 
     embed_captions.run(
         embed_captions.EmbedCaptionsOptions(directory, directory),

@@ -125,7 +125,7 @@ def test_index_build_runs_the_beam_job(tmp_path, capsys):
     from tests.support import encoders as encoder_fixtures
 
     model = encoder_fixtures.save_fake_encoder(str(tmp_path / "model" / "1"))
-    tfrecord_dir = encoder_fixtures.write_tfrecord_dir(
+    tfrecord_dir = encoder_fixtures.write_records_dir(
         str(tmp_path / "tfrecords"),
         {"test": encoder_fixtures.make_records(16, seed=3)},
     )

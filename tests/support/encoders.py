@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from shrewd_tf.data import records as data
+from tests.support.records import write_shards
 
 IMAGE_SHAPE = (8, 8, 3)
 
@@ -114,22 +115,18 @@ def black_record(record_id):
                             label_name="class_0")
 
 
-def write_tfrecord_dir(directory, records_by_split, num_shards=2):
-    """Writes `<split>-SSSSS-of-NNNNN.tfrecord` shards and dataset_info.json.
+def write_records_dir(directory, records_by_split, num_shards=2):
+    """Writes `records_by_split` dealt round-robin into `num_shards` shards
+    per split, and dataset_info.json.
 
-    Records are `ImageRecord`s, or bytes written as they are.
+    Records are `ImageRecord`s, or bytes written as they are (a record that
+    is no Example).
     """
-    os.makedirs(directory, exist_ok=True)
     for split, records in records_by_split.items():
-        for shard in range(num_shards):
-            name = f"{split}-{shard:05d}-of-{num_shards:05d}.tfrecord"
-            with tf.io.TFRecordWriter(os.path.join(directory, name)) as writer:
-                for record in records[shard::num_shards]:
-                    # Raw bytes stand for a record that is no Example.
-                    writer.write(
-                        record if isinstance(record, bytes)
-                        else data.serialize(record)
-                    )
+        write_shards(
+            directory, split,
+            [records[shard::num_shards] for shard in range(num_shards)],
+        )
     data.DatasetInfo(
         image_shape=IMAGE_SHAPE,
         class_names=("class_0", "class_1", "class_2"),

@@ -6,6 +6,7 @@ import numpy as np
 
 from shrewd_tf.data import pipelines as inputs
 from shrewd_tf.semantics import wordnet_corpus
+from tests.support.records import write_shards
 
 # Four classes: two pairs of near neighbours (0~1, 2~3), far across pairs.
 CLASS_DISTANCES = np.array(
@@ -111,8 +112,6 @@ def write_tfrecord_dir(
     hidden class in images and captions but are written with label -1,
     no label name, and the directory has no class names.
     """
-    import tensorflow as tf
-
     from shrewd_tf.data import records as data_lib
 
     directory = str(directory)
@@ -138,23 +137,23 @@ def write_tfrecord_dir(
         )
         labels = classes if labelled else np.full(count, data_lib.NO_LABEL)
         bounds = np.linspace(0, count, shards + 1).astype(int)
-        for shard in range(shards):
-            path = os.path.join(
-                directory, f"{split}-{shard:05d}-of-{shards:05d}.tfrecord"
+        records = [
+            data_lib.ImageRecord(
+                id=str(ids[i]),
+                image=data_lib.encode_png(images[i]),
+                label=int(labels[i]),
+                label_name=class_names[classes[i]] if labelled else "",
+                caption=str(captions[i]),
+                caption_embedding=(
+                    None if embeddings is None else embeddings[i]
+                ),
             )
-            with tf.io.TFRecordWriter(path) as writer:
-                for i in range(bounds[shard], bounds[shard + 1]):
-                    record = data_lib.ImageRecord(
-                        id=str(ids[i]),
-                        image=data_lib.encode_png(images[i]),
-                        label=int(labels[i]),
-                        label_name=class_names[classes[i]] if labelled else "",
-                        caption=str(captions[i]),
-                        caption_embedding=(
-                            None if embeddings is None else embeddings[i]
-                        ),
-                    )
-                    writer.write(data_lib.serialize(record))
+            for i in range(count)
+        ]
+        write_shards(
+            directory, split,
+            [records[bounds[s]:bounds[s + 1]] for s in range(shards)],
+        )
         written[split] = {
             "images": images, "labels": labels.astype(np.int64), "ids": ids,
             "captions": captions, "embeddings": embeddings, "classes": classes,
