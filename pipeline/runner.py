@@ -17,7 +17,7 @@ each job's typed `run(<Job>Options(...))`:
 * evaluator: metrics of every configuration on the test split and
   `report.md` with plots (`shrewd_tf.evaluation.report`).
 * exporter: the first configuration as a TF-Serving SavedModel plus
-  `models.config` (`shrewd_tf.export.saved_model`).
+  `models.config` (`shrewd_tf.export.saved_model`, `export.tf_serving`).
 * index_builder: the database split bulk-encoded with the exported model
   (`pipeline.build_index`, Beam) into ScaNN and binary Hamming indexes.
 
@@ -183,13 +183,14 @@ def evaluator(context):
 def exporter(context):
     """The first configuration as a TF-Serving SavedModel."""
     from shrewd_tf.export import saved_model as export
+    from shrewd_tf.export import tf_serving
 
     runs = context.inputs["trainer"].outputs["runs"]
     configuration = context.config["configurations"][0]
     export_root = os.path.join(context.directory, "exports")
     name = context.config["model_name"]
     path = export.export_saved_model(runs[configuration], export_root, name, version=1)
-    command = export.write_model_server_config(
+    command = tf_serving.write_model_server_config(
         export_root, [name],
         os.path.join(export_root, contract.MODELS_CONFIG_FILE),
     )
@@ -277,7 +278,8 @@ def make_stages(experiment, pipeline):
         Stage("exporter", exporter, inputs=("trainer",),
               config={"model_name": pipeline.model_name,
                       "configurations": list(pipeline.configurations)},
-              code=("shrewd_tf.export.saved_model",)),
+              code=("shrewd_tf.export.saved_model",
+                    "shrewd_tf.export.tf_serving")),
         Stage("index_builder", index_builder,
               inputs=("semantics", "exporter"),
               config={"database_split": pipeline.database_split,

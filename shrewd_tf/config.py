@@ -15,9 +15,6 @@ import json
 from dataclasses import dataclass
 from dataclasses import field
 
-# Re-exported for the callers of `config.write_text_atomically`; new code
-# imports it from `shrewd_tf.io`.
-from shrewd_tf.io import write_text_atomically  # noqa: F401
 from shrewd_tf.io import write_json_atomically
 
 # The paper's ablations (Tables 2 and 3): which terms of eq. 1 are on.

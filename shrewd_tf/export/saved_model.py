@@ -55,7 +55,6 @@ from shrewd_tf.export import tf_serving
 from shrewd_tf.export import versions
 
 # The export's second step, here too for callers of this module.
-from shrewd_tf.export.tf_serving import write_model_server_config  # noqa: F401
 
 log = logging.getLogger(__name__)
 
