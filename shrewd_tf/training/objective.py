@@ -286,7 +286,59 @@ def with_kl_output(model):
     outputs[KL_OUTPUT] = keras.layers.Identity(name=KL_OUTPUT)(
         outputs[CODE_OUTPUT]
     )
-    return keras.Model(inputs, outputs, name=f"{model.name}_training")
+    return _TrainingModel(inputs, outputs, name=f"{model.name}_training")
+
+
+class _TrainingModel(keras.Model):
+    """The functional training model, buildable under multi-worker fit.
+
+    Before its first step, Keras' TF `fit` builds the model symbolically
+    from one batch, and when that batch is distributed it first calls
+    `strategy.reduce("MEAN", batch)` on the whole (images, {output:
+    target}) nest. `Strategy.reduce` takes one value, not a nest: under
+    MultiWorkerMirroredStrategy with more than one worker the nest goes to
+    the collective ops as is and fit dies with "Attempt to convert a value
+    (PerReplica:{...}) ... to a Tensor" (issue 12). The build needs only
+    shapes and dtypes, so this builds from this worker's first replica's
+    part of the batch: no reduction and no collective.
+
+    Then, with several workers, Keras averages each step's logs with
+    `strategy.reduce("MEAN", value, axis=0)`, which fails on the scalar
+    losses and metrics ("Invalid reduction dimension 0 for input with 0
+    dimensions"); there the steps return each log as shape [1], which that
+    reduction averages back to a scalar over the replicas.
+    """
+
+    def train_step(self, data):
+        return self._reducible_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self._reducible_logs(super().test_step(data))
+
+    def _reducible_logs(self, logs):
+        strategy = self.distribute_strategy
+        if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            return logs
+        extended = strategy.extended
+        if not extended._in_multi_worker_mode():  # pylint: disable=W0212
+            return logs
+        return tf.nest.map_structure(
+            lambda v: tf.reshape(v, [1]) if v.shape.rank == 0 else v, logs
+        )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        if iterator is None or self._distribute_strategy is None:
+            return super()._maybe_symbolic_build(iterator, data_batch)
+        local = self._distribute_strategy.experimental_local_results
+        for _, _, it in iterator:
+            data_batch = tf.nest.map_structure(
+                lambda v: local(v)[0]
+                if isinstance(v, tf.distribute.DistributedValues)
+                else v,
+                next(it),
+            )
+            break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
 
 def compile_shrewd_model(model, config, class_distances, num_replicas=1,
