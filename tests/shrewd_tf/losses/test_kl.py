@@ -12,6 +12,8 @@ import tensorflow as tf
 
 from shrewd_tf.ops import estimators
 from shrewd_tf import losses
+from tests.support.tensors import all_finite
+from tests.support.tensors import value_and_grad
 
 
 # === Independent references ===
@@ -46,18 +48,6 @@ def naive_empirical_kl(codes, target):
         tf.math.log(tf.reduce_min(to_target, 1))
         - tf.math.log(tf.reduce_min(to_codes, 1))
     )
-
-
-def all_finite(*tensors):
-    return all(bool(np.all(np.isfinite(np.asarray(t)))) for t in tensors)
-
-
-def value_and_grad(fn, codes, *args):
-    codes = tf.constant(codes, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(codes)
-        value = fn(codes, *args)
-    return value, tape.gradient(value, codes)
 
 
 # === Empirical KL: oracle, estimator relation, gradients ===

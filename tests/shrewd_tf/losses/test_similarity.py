@@ -8,6 +8,8 @@ import tensorflow as tf
 
 from tests.support import sources as helpers
 from shrewd_tf import losses
+from tests.support.tensors import all_finite
+from tests.support.tensors import value_and_grad
 
 
 # === Independent references ===
@@ -52,10 +54,6 @@ def random_targets(rng, batch):
     targets = targets + targets.T
     np.fill_diagonal(targets, 0.0)
     return targets
-
-
-def all_finite(*tensors):
-    return all(bool(np.all(np.isfinite(np.asarray(t)))) for t in tensors)
 
 
 # === Similarity matching: gradient ===
@@ -151,14 +149,6 @@ def test_similarity_is_scale_invariant():
 
 
 # === Similarity matching: degenerate batches ===
-
-
-def value_and_grad(fn, codes, *args):
-    codes = tf.constant(codes, tf.float32)
-    with tf.GradientTape() as tape:
-        tape.watch(codes)
-        value = fn(codes, *args)
-    return value, tape.gradient(value, codes)
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,7 @@ import numpy as np
 import pytest
 
 from shrewd_tf.models import encoders
-
-
-def random_images(shape, n=4, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, *shape)).astype("f4")
+from tests.support.tensors import random_normal_images as random_images
 
 
 # === Architecture: independent counts and a NumPy forward pass ===

@@ -7,6 +7,7 @@ import pytest
 import tensorflow as tf
 
 from shrewd_tf.models import shrewd_model as models
+from tests.support.tensors import random_normal_images as random_images
 
 TINY = {"depth": 8, "base_filters": 4}  # n = 1 block per stage
 
@@ -29,10 +30,6 @@ def tiny_model(**kwargs):
     }
     arguments.update(kwargs)
     return models.build_shrewd_model(**arguments)
-
-
-def random_images(shape, n=4, seed=0):
-    return np.random.default_rng(seed).normal(size=(n, *shape)).astype("f4")
 
 
 # === Weight decay ===
