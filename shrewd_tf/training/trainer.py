@@ -37,6 +37,7 @@ from shrewd_tf.io import write_json_atomically
 from shrewd_tf.models import shrewd_model as models
 from shrewd_tf.semantics import distances as semantics
 from shrewd_tf.training import callbacks as callbacks_lib
+from shrewd_tf.training import distribution
 from shrewd_tf.training import objective as training
 
 log = logging.getLogger(__name__)
@@ -278,8 +279,8 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
             larger than the training set.
     """
     train_cfg = config.train
-    precision = training.set_precision_policy(train_cfg.precision)
-    strategy = training.make_strategy(train_cfg.strategy)
+    precision = distribution.set_precision_policy(train_cfg.precision)
+    strategy = distribution.make_strategy(train_cfg.strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = train_cfg.per_replica_batch_size * replicas
     if data is None:

@@ -9,7 +9,7 @@ import tensorflow as tf
 
 from shrewd_tf.losses import layers as loss_layers
 from shrewd_tf import losses
-from shrewd_tf.training import objective as training
+from shrewd_tf.training import distribution
 from shrewd_tf.losses.layers import EmpiricalKLLayer
 from shrewd_tf.losses.layers import SimilarityMatchingLayer
 from tests.support import sources as helpers
@@ -343,7 +343,7 @@ def test_cross_replica_layer_mirrored_equals_one_device():
     """Keras scales add_loss values by 1/replicas, so with cross_replica=True
     two replicas take exactly the steps one device takes on the batch."""
     single, single_loss = _fit_sim_layer(tf.distribute.get_strategy(), False, 3)
-    mirrored = training.make_strategy("virtual_cpus:2")
+    mirrored = distribution.make_strategy("virtual_cpus:2")
     gathered, gathered_loss = _fit_sim_layer(mirrored, True, 3)
     np.testing.assert_allclose(gathered, single, rtol=1e-4, atol=1e-5)
     assert gathered_loss == pytest.approx(single_loss, rel=1e-4)
@@ -354,7 +354,7 @@ def test_per_replica_layer_mirrored_optimises_mean_of_replica_losses():
     """cross_replica=False: each replica's pairs are its own 8 examples;
     one step is plain SGD on the MEAN of the two halves' losses, like the
     Loss class (not their sum: Keras scaled the added losses by 1/2)."""
-    mirrored = training.make_strategy("virtual_cpus:2")
+    mirrored = distribution.make_strategy("virtual_cpus:2")
     weights, first_loss = _fit_sim_layer(mirrored, False, steps=1)
     kernel = tf.Variable(_W)
     targets = _DISTANCES[_LABELS_M][:, _LABELS_M]
@@ -374,7 +374,7 @@ def test_per_replica_layer_mirrored_optimises_mean_of_replica_losses():
 
 def test_kl_layer_runs_under_mirrored_strategy():
     """Each replica draws its own target sample from the tracked seed."""
-    mirrored = training.make_strategy("virtual_cpus:2")
+    mirrored = distribution.make_strategy("virtual_cpus:2")
     with mirrored.scope():
         images = keras.Input((5,))
         codes = keras.layers.Dense(6, activation="sigmoid")(images)

@@ -5,37 +5,8 @@ import tensorflow as tf
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import losses as losses_lib
+from shrewd_tf.training import distribution
 from shrewd_tf.training import objective as training
-
-
-@pytest.fixture
-def float32_policy():
-    yield
-    keras.mixed_precision.set_global_policy("float32")
-
-
-def test_make_strategy_names():
-    assert training.make_strategy("default").num_replicas_in_sync == 1
-    # No GPU here: "auto" is the default strategy.
-    assert training.make_strategy("auto").num_replicas_in_sync == 1
-    mirrored = training.make_strategy("virtual_cpus:2")
-    assert isinstance(mirrored, tf.distribute.MirroredStrategy)
-    assert mirrored.num_replicas_in_sync == 2
-    with pytest.raises(ValueError, match="bogus"):
-        training.make_strategy("bogus")
-
-
-def test_virtual_cpus_cannot_change_after_init():
-    with pytest.raises(RuntimeError, match="count=3"):
-        training.configure_virtual_cpus(3)
-
-
-def test_precision_policy(float32_policy):
-    assert training.set_precision_policy("auto") == "float32"  # no GPU
-    assert training.set_precision_policy("mixed_bfloat16") == "mixed_bfloat16"
-    assert keras.mixed_precision.global_policy().compute_dtype == "bfloat16"
-    with pytest.raises(ValueError, match="fp8"):
-        training.set_precision_policy("fp8")
 
 
 @pytest.mark.parametrize(
@@ -236,7 +207,7 @@ def test_cross_replica_mirrored_equals_one_device(loss_name):
     """cross_replica=True: pairs span the global batch, so two replicas
     take exactly the steps one device takes on the whole batch."""
     single, single_loss = _fit(tf.distribute.get_strategy(), loss_name, False)
-    mirrored = training.make_strategy("virtual_cpus:2")
+    mirrored = distribution.make_strategy("virtual_cpus:2")
     gathered, gathered_loss = _fit(mirrored, loss_name, True)
     np.testing.assert_allclose(gathered, single, rtol=1e-4, atol=1e-5)
     assert gathered_loss == pytest.approx(single_loss, rel=1e-4)
@@ -247,7 +218,7 @@ def test_cross_replica_mirrored_equals_one_device(loss_name):
 def test_per_replica_mirrored_optimises_mean_of_replica_losses(loss_name):
     """cross_replica=False: each replica sees its own 8 examples; the loss
     is the mean of the two halves' losses, not the global one."""
-    mirrored = training.make_strategy("virtual_cpus:2")
+    mirrored = distribution.make_strategy("virtual_cpus:2")
     _, first_loss = _fit(mirrored, loss_name, False, steps=1)
     assert first_loss == pytest.approx(_per_half(loss_name, _W), rel=1e-4)
     single, _ = _fit(tf.distribute.get_strategy(), loss_name, False)
