@@ -105,6 +105,21 @@ def _apply_prepare(step, split, records, dead_letters):
     return records
 
 
+def _build_from_reads(reads, step, label):
+    """A plan's `build`: each split's read, labelled `<split>/<label>`,
+    then the prepare step; returns (records per split, dead letters)."""
+
+    def build(pipeline):
+        per_split, dead_letters = {}, []
+        for split, read in reads.items():
+            records = pipeline | f"{split}/{label}" >> read
+            per_split[split] = _apply_prepare(step, split, records,
+                                              dead_letters)
+        return per_split, dead_letters
+
+    return build
+
+
 def _fashion_mnist_plan(options, splits):
     reads = {}
     for split, spec in splits:
@@ -114,20 +129,12 @@ def _fashion_mnist_plan(options, splits):
     image_shape = _image_shape(options, native)
     step = _prepare_step(options, native, image_shape)
 
-    def build(pipeline):
-        per_split, dead_letters = {}, []
-        for split, read in reads.items():
-            records = pipeline | f"{split}/ReadFashionMNIST" >> read
-            per_split[split] = _apply_prepare(step, split, records,
-                                              dead_letters)
-        return per_split, dead_letters
-
     return SourcePlan(
         source="fashion_mnist",
         image_shape=image_shape,
         class_names=tuple(datasets.FASHION_MNIST_CLASS_NAMES),
         counts={split: read.num_records() for split, read in reads.items()},
-        build=build,
+        build=_build_from_reads(reads, step, "ReadFashionMNIST"),
     )
 
 
@@ -141,20 +148,12 @@ def _tfds_plan(options, splits, name):
     image_shape = _image_shape(options, native)
     step = _prepare_step(options, native, image_shape)
 
-    def build(pipeline):
-        per_split, dead_letters = {}, []
-        for split, read in reads.items():
-            records = pipeline | f"{split}/ReadTfds" >> read
-            per_split[split] = _apply_prepare(step, split, records,
-                                              dead_letters)
-        return per_split, dead_letters
-
     return SourcePlan(
         source=f"tfds:{name}",
         image_shape=image_shape,
         class_names=class_names,
         counts={split: d[2] or 0 for split, d in descriptions.items()},
-        build=build,
+        build=_build_from_reads(reads, step, "ReadTfds"),
     )
 
 
