@@ -88,6 +88,58 @@ def fsync_tree(path):
         fsync_path(root)
 
 
+# === Reading and listing, on any file system ===
+
+
+def exists(path):
+    """Whether a file or folder exists (`tf.io.gfile` for schemes)."""
+    path = os.fspath(path)
+    return os.path.exists(path) if is_local(path) else _gfile().exists(path)
+
+
+def isdir(path):
+    """Whether `path` is a folder (`tf.io.gfile` for schemes)."""
+    path = os.fspath(path)
+    return os.path.isdir(path) if is_local(path) else _gfile().isdir(path)
+
+
+def makedirs(path):
+    """Creates a folder and its parents; an existing one is fine.
+
+    On object stores (`gs://`, `s3://`) folders are implicit and this
+    creates a marker at most.
+    """
+    path = os.fspath(path)
+    if is_local(path):
+        os.makedirs(path, exist_ok=True)
+    else:
+        _gfile().makedirs(path)
+
+
+def glob(pattern):
+    """Sorted paths matching a glob pattern (`tf.io.gfile.glob` for
+    schemes)."""
+    pattern = os.fspath(pattern)
+    if is_local(pattern):
+        import glob as glob_lib
+
+        return sorted(glob_lib.glob(pattern))
+    return sorted(_gfile().glob(pattern))
+
+
+def read_bytes(path):
+    """The bytes of a file (`tf.io.gfile` for schemes)."""
+    path = os.fspath(path)
+    opener = open if is_local(path) else _gfile().GFile
+    with opener(path, "rb") as f:
+        return f.read()
+
+
+def read_text(path, encoding="utf-8"):
+    """The text of a file (`tf.io.gfile` for schemes)."""
+    return read_bytes(path).decode(encoding)
+
+
 # === Files ===
 
 

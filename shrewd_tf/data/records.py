@@ -23,13 +23,13 @@ Example:
 """
 
 import dataclasses
-import glob
 import json
 import math
 import os
 
 import numpy as np
 
+from shrewd_tf import io as io_lib
 from shrewd_tf.io import write_bytes_atomically
 from shrewd_tf.io import write_text_atomically
 
@@ -254,7 +254,7 @@ def make_dataset(file_pattern, image_shape, embedding_dim=None,
     """
     import tensorflow as tf
 
-    files = sorted(glob.glob(file_pattern))
+    files = io_lib.glob(file_pattern)
     if not files:
         raise FileNotFoundError(
             f"No TFRecord shards match {file_pattern!r}; write them with "
@@ -330,6 +330,14 @@ class DatasetInfo:
         embedding_dim: caption embedding size E, or None.
         text_encoder: the encoder that made the embeddings ("" if none).
         source: what the records were made from (for the manifest).
+        statistics: {split: {"mean": [C], "std": [C], "label_counts":
+            {"<label>": count}}}: per-channel pixel mean and (population)
+            standard deviation of the split's images at `image_shape`, in
+            uint8 pixel units, and its records per label ("-1" for
+            unlabelled ones), computed once by `make_tfrecords` so that
+            training never makes a pass over the data for them. {} in
+            directories written before they were stored (training then
+            makes one streaming pass).
         format_version: FORMAT_VERSION of the writer.
     """
 
@@ -339,7 +347,24 @@ class DatasetInfo:
     embedding_dim: int | None = None
     text_encoder: str = ""
     source: str = ""
+    statistics: dict = dataclasses.field(default_factory=dict)
     format_version: int = FORMAT_VERSION
+
+    def channel_statistics(self, split):
+        """(mean float32 [C], std float32 [C]) of a split, or None when
+        `dataset_info.json` does not store them."""
+        stats = self.statistics.get(split) or {}
+        if "mean" not in stats or "std" not in stats:
+            return None
+        return (np.asarray(stats["mean"], np.float32),
+                np.asarray(stats["std"], np.float32))
+
+    def label_counts(self, split):
+        """{label int: records} of a split, or None when not stored."""
+        counts = (self.statistics.get(split) or {}).get("label_counts")
+        if counts is None:
+            return None
+        return {int(label): int(n) for label, n in counts.items()}
 
     @staticmethod
     def file_pattern_for(directory, split):
@@ -374,13 +399,12 @@ class DatasetInfo:
     def load(cls, directory):
         """Reads `dataset_info.json`; a clear error if absent or too new."""
         path = os.path.join(directory, INFO_FILE)
-        if not os.path.isfile(path):
+        if not io_lib.exists(path):
             raise FileNotFoundError(
                 f"{path} not found: is {directory!r} a directory written by "
                 "`python -m pipeline.make_tfrecords`?"
             )
-        with open(path) as f:
-            payload = json.load(f)
+        payload = json.loads(io_lib.read_text(path))
         version = payload.get("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(
@@ -421,7 +445,7 @@ def write_image_files(directory, split, output_dir, info=None):
     root = os.path.realpath(output_dir)
     count = 0
     pattern = info.file_pattern(split, directory)
-    for serialized in tf.data.TFRecordDataset(sorted(glob.glob(pattern))):
+    for serialized in tf.data.TFRecordDataset(io_lib.glob(pattern)):
         record = from_example(serialized.numpy())
         path = os.path.realpath(os.path.join(root, record.id + ".png"))
         if os.path.commonpath([path, root]) != root:

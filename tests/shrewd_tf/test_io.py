@@ -208,3 +208,21 @@ def test_ram_staged_directory_moves_every_file(ram_dir):
     assert _gfile_tree(ram_dir) == {"export/3/new": b"n"}
     names = tf.io.gfile.listdir(f"{ram_dir}/export")
     assert [name.rstrip("/") for name in names] == ["3"]
+
+
+@pytest.mark.parametrize("root", ["local", "ram"])
+def test_read_helpers_work_locally_and_on_a_scheme(tmp_path, root):
+    base = str(tmp_path) if root == "local" else f"ram://io-read-{uuid.uuid4().hex}"
+    folder = os.path.join(base, "a", "b")
+    assert not io_lib.exists(folder)
+    io_lib.makedirs(folder)
+    io_lib.makedirs(folder)  # again: fine
+    assert io_lib.isdir(folder)
+    io_lib.write_text_atomically(os.path.join(folder, "x-2.txt"), "two")
+    io_lib.write_bytes_atomically(os.path.join(folder, "x-1.txt"), b"\xffone")
+    io_lib.write_text_atomically(os.path.join(folder, "y.txt"), "other")
+    matched = io_lib.glob(os.path.join(folder, "x-*.txt"))
+    assert [os.path.basename(p) for p in matched] == ["x-1.txt", "x-2.txt"]
+    assert io_lib.read_text(matched[1]) == "two"
+    assert io_lib.read_bytes(matched[0]) == b"\xffone"
+    assert io_lib.exists(matched[0]) and not io_lib.isdir(matched[0])
