@@ -283,9 +283,11 @@ class ExperimentConfig:
 
     @classmethod
     def from_file(cls, path):
-        """Reads a JSON (.json) or YAML (.yaml/.yml) config file."""
-        with open(path) as f:
-            text = f.read()
+        """Reads a JSON (.json) or YAML (.yaml/.yml) config file (any file
+        system, `shrewd_tf.io.read_text`)."""
+        from shrewd_tf.io import read_text
+
+        text = read_text(path)
         if str(path).endswith((".yaml", ".yml")):
             import yaml
 

@@ -112,8 +112,10 @@ def make_image_dataset(
     flip=True,
     shift_fraction=DEFAULT_SHIFT_FRACTION,
     shuffle_buffer=None,
+    shuffle=None,
     seed=None,
     drop_remainder=None,
+    redraw_each_iteration=True,
 ):
     """Builds a batched tf.data pipeline of standardised images and labels.
 
@@ -140,7 +142,8 @@ def make_image_dataset(
         images: uint8/float array [N, H, W, C], or a tf.data.Dataset of
             `(image [H, W, C], label)` pairs (then `labels` must be None).
         labels: array [N] (class ids, or any per-example target such as
-            caption embeddings [N, D]) when `images` is an array.
+            caption embeddings [N, D]) when `images` is an array. In a
+            dataset the target may be a nest (a dict of targets).
         global_batch_size: int, examples per batch over all replicas.
         training: bool. True shuffles, augments and drops the last partial
             batch (batch-coupled losses need full batches).
@@ -159,8 +162,13 @@ def make_image_dataset(
         shift_fraction: float in [0, 1), largest random shift as a fraction
             of the image height/width (0.15 = +-15 %, the CIFAR setting).
         shuffle_buffer: int; default: N for arrays, 10,000 for datasets.
+        shuffle: bool, defaults to `training`; False for a dataset that a
+            `sources.SplitSource` already shuffled before decoding.
         seed: int or None, seeds shuffling and augmentation.
         drop_remainder: bool, defaults to `training`.
+        redraw_each_iteration: new augmentation draws for each new iterator
+            (epoch of a repeated dataset); False for an endless stream, so
+            that its draws depend on the seed and position only.
 
     Returns:
         tf.data.Dataset of (image float32 [B, H, W, C], label [B]); integer
@@ -195,6 +203,7 @@ def make_image_dataset(
                 f"Received: image_size={image_size}"
             )
     augment = training if augment is None else augment
+    shuffle = training if shuffle is None else shuffle
     drop_remainder = training if drop_remainder is None else drop_remainder
 
     # === Source ===
@@ -254,7 +263,7 @@ def make_image_dataset(
             )
 
     # === Shuffle, augment, batch ===
-    if training:
+    if shuffle:
         buffer = shuffle_buffer if shuffle_buffer else default_buffer
         dataset = dataset.shuffle(
             buffer, seed=seed, reshuffle_each_iteration=True
@@ -262,7 +271,7 @@ def make_image_dataset(
     # One int64 per element seeds that element's flip and shift; a new
     # iteration draws new (but seed-determined) values.
     element_seeds = tf.data.Dataset.random(
-        seed=seed, rerandomize_each_iteration=True
+        seed=seed, rerandomize_each_iteration=redraw_each_iteration
     )
     dataset = tf.data.Dataset.zip((dataset, element_seeds))
 
@@ -294,8 +303,10 @@ def make_image_dataset(
                     image = random_shift(
                         image, max_shift, seed=tf.stack([element_seed, 1])
                     )
-        if label.dtype.is_integer:
-            label = tf.cast(label, tf.int64)
+        label = tf.nest.map_structure(
+            lambda t: tf.cast(t, tf.int64) if t.dtype.is_integer else t,
+            label,
+        )
         return image, label
 
     dataset = dataset.map(

@@ -175,6 +175,40 @@ def load_fashion_mnist(split="train", data_dir=FASHION_MNIST_DIR):
 # === TFDS builders (prepared data only) ===
 
 
+def check_tfds_dir(name, data_dir):
+    """Raises unless `name` is a known builder and `data_dir` exists.
+
+    Raises:
+        ValueError: unknown name.
+        FileNotFoundError: `data_dir` does not exist.
+    """
+    if name not in TFDS_NAMES:
+        raise ValueError(
+            f"name must be one of {TFDS_NAMES}. Received: name={name!r}"
+        )
+    from shrewd_tf import io as io_lib
+
+    if data_dir is None or not io_lib.isdir(data_dir):
+        raise FileNotFoundError(
+            f"TFDS data_dir {data_dir!r} does not exist. Prepare the dataset "
+            f"there first (`tfds build {name} --data_dir=DIR`); shrewd_tf "
+            "never downloads datasets."
+        )
+
+
+def as_dataset(builder, name, data_dir, split, **kwargs):
+    """`builder.as_dataset(split, **kwargs)` with a clear error when the
+    data is not prepared in `data_dir` (FileNotFoundError)."""
+    try:
+        return builder.as_dataset(split=split, **kwargs)
+    except AssertionError as e:  # TFDS reports unprepared data this way
+        raise FileNotFoundError(
+            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}."
+            f" Prepare it first (`tfds build {name} --data_dir={data_dir}`);"
+            " shrewd_tf never downloads datasets."
+        ) from e
+
+
 def load_tfds(name, split, data_dir, shuffle_files=False):
     """Reads a prepared TFDS dataset as `(image, label)` pairs; never downloads.
 
@@ -190,7 +224,9 @@ def load_tfds(name, split, data_dir, shuffle_files=False):
 
     Returns:
         tf.data.Dataset of (image uint8 [H, W, C], label int64 []); H and W
-        vary between ImageNet images.
+        vary between ImageNet images. (Training streams through
+        `sources.TfdsSource`, which decodes with the one preprocessing
+        function.)
 
     Raises:
         ValueError: unknown name.
@@ -199,27 +235,10 @@ def load_tfds(name, split, data_dir, shuffle_files=False):
     """
     import tensorflow_datasets as tfds  # heavy import, only when used
 
-    if name not in TFDS_NAMES:
-        raise ValueError(
-            f"name must be one of {TFDS_NAMES}. Received: name={name!r}"
-        )
-    if data_dir is None or not os.path.isdir(data_dir):
-        raise FileNotFoundError(
-            f"TFDS data_dir {data_dir!r} does not exist. Prepare the dataset "
-            f"there first (`tfds build {name} --data_dir=DIR`); shrewd_tf "
-            "never downloads datasets."
-        )
+    check_tfds_dir(name, data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
-    try:
-        dataset = builder.as_dataset(
-            split=split, shuffle_files=shuffle_files
-        )
-    except AssertionError as e:  # TFDS reports unprepared data this way
-        raise FileNotFoundError(
-            f"TFDS dataset {name!r} is not prepared in data_dir={data_dir!r}."
-            f" Prepare it first (`tfds build {name} --data_dir={data_dir}`);"
-            " shrewd_tf never downloads datasets."
-        ) from e
+    dataset = as_dataset(builder, name, data_dir, split,
+                         shuffle_files=shuffle_files)
     return dataset.map(
         lambda example: (
             example["image"],

@@ -1,36 +1,34 @@
 """A `make_tfrecords` directory as the train and test splits of training.
 
-`load_tfrecord_splits(data_config)` reads the "train" and "test" splits of
-a directory written by `python -m pipeline.make_tfrecords`
-(`dataset="tfrecords"`, `data_dir` = the directory) into memory: images,
-labels, ids, captions and caption embeddings. `labelled_splits` decides
-whether those splits are labelled (every record has a class) or not.
+`record_sources(data_config)` opens the "train" and "test" splits of a
+directory written by `python -m pipeline.make_tfrecords`
+(`dataset="tfrecords"`, `data_dir` = the directory, on any file system) as
+streams (`sources.RecordSource`). `labelled_splits` decides from the
+splits' label counts whether they are labelled (every record has a class)
+or not.
 """
 
 import logging
 
-import numpy as np
-
 from shrewd_tf.data import records as data_lib
+from shrewd_tf.data import sources
 
 log = logging.getLogger(__name__)
 
 
-def load_tfrecord_splits(data_config):
-    """Reads the "train" and "test" splits of a `make_tfrecords` directory.
+def record_sources(data_config):
+    """Opens the "train" and "test" splits of a `make_tfrecords` directory.
 
-    Both are materialised with `data.load_split_arrays` (shard order) and
-    cut to `train_subset`/`test_subset`. With `image_size`, each stored
-    image is decoded straight to that size (`preprocess.preprocess_image`,
-    one resize). Records that `make_tfrecords` already resized to another
-    size are then resized twice, which the exported model, resizing a
-    client's original image once, does not repeat: write the records at
-    the training size.
+    Both stream in shard order and are cut to `train_subset` /
+    `test_subset`. With `image_size`, each stored image is decoded straight
+    to that size (`preprocess.preprocess_image`, one resize). Records that
+    `make_tfrecords` already resized to another size are then resized
+    twice, which the exported model, resizing a client's original image
+    once, does not repeat: write the records at the training size.
 
     Returns:
-        (info, train, test): the `data.DatasetInfo` and two dicts of
-        `load_split_arrays` arrays (images, labels, ids, captions,
-        embeddings or None).
+        (info, train, test): the `data.DatasetInfo` and two
+        `sources.RecordSource`s.
 
     Raises:
         ValueError: no `data_dir`, `tfrecord_pattern` set, or a split
@@ -56,9 +54,6 @@ def load_tfrecord_splits(data_config):
             f"{directory}: dataset_info.json lacks splits {missing}; training "
             f"needs 'train' and 'test'. Received: splits={sorted(info.splits)}"
         )
-    subsets = {
-        "train": data_config.train_subset, "test": data_config.test_subset
-    }
     image_shape = tuple(info.image_shape)
     if data_config.image_size is not None:
         image_shape = (*(int(s) for s in data_config.image_size),
@@ -72,47 +67,47 @@ def load_tfrecord_splits(data_config):
                 directory, tuple(data_config.image_size),
                 tuple(info.image_shape),
             )
-    splits = []
-    for split, count in subsets.items():
-        arrays = data_lib.load_split_arrays(
-            directory, split, info, image_shape=image_shape
-        )
-        if count is not None:
-            arrays = {
-                key: None if value is None else value[:count]
-                for key, value in arrays.items()
-            }
-        splits.append(arrays)
+    train, test = (
+        sources.RecordSource(directory, split, info, image_shape, limit)
+        for split, limit in (("train", data_config.train_subset),
+                             ("test", data_config.test_subset))
+    )
     log.info(
-        "read %s: %d train, %d test records, %d classes, embedding size %s",
-        directory, len(splits[0]["labels"]), len(splits[1]["labels"]),
+        "opened %s: %d train, %d test records, %d classes, embedding size "
+        "%s", directory, info.splits["train"], info.splits["test"],
         len(info.class_names), info.embedding_dim,
     )
-    return info, splits[0], splits[1]
+    return info, train, test
 
 
-def labelled_splits(directory, class_names, train_labels, test_labels):
+def labelled_splits(directory, class_names, label_counts):
     """Whether a TFRecord directory's splits are fully labelled.
+
+    Args:
+        directory: for messages.
+        class_names: the names of dataset_info.json.
+        label_counts: {label: records} over the splits.
 
     Labels outside [-1, C) are an error; records with label -1 among
     labelled ones, or labels without class names, make the data
     unlabelled (with a warning): the class losses and metrics are then off.
     """
-    labels = np.concatenate([train_labels, test_labels])
-    if class_names and labels.max() >= len(class_names):
+    total = sum(label_counts.values())
+    top = max(label_counts) if label_counts else data_lib.NO_LABEL
+    if class_names and top >= len(class_names):
         raise ValueError(
             f"{directory}: labels must be in [-1, {len(class_names)}) for "
             f"the {len(class_names)} class names of dataset_info.json. "
-            f"Received: max label {int(labels.max())}"
+            f"Received: max label {int(top)}"
         )
-    unlabelled = int(np.sum(labels == data_lib.NO_LABEL))
+    unlabelled = int(label_counts.get(data_lib.NO_LABEL, 0))
     if class_names and unlabelled:
         log.warning(
             "%s: %d of %d records have no label (-1): the data is treated "
             "as unlabelled (no class losses or class metrics)",
-            directory, unlabelled, labels.size,
+            directory, unlabelled, total,
         )
-    elif not class_names and unlabelled < labels.size:
+    elif not class_names and unlabelled < total:
         log.warning(
             "%s: labels without class names in dataset_info.json are "
             "ignored", directory,

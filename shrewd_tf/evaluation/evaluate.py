@@ -24,6 +24,7 @@ import numpy as np
 
 from shrewd_tf import config as config_lib
 from shrewd_tf import contract
+from shrewd_tf import io as io_lib
 from shrewd_tf.evaluation import entropy
 from shrewd_tf.evaluation import metrics
 from shrewd_tf.evaluation.captions import KENDALL_QUERIES
@@ -228,7 +229,7 @@ def write_metrics(rows, output_dir, title="Retrieval metrics"):
 
     Both files are written atomically. Returns the markdown text.
     """
-    os.makedirs(output_dir, exist_ok=True)
+    io_lib.makedirs(output_dir)
     write_text_atomically(
         os.path.join(output_dir, contract.METRICS_FILE),
         json.dumps(rows, indent=2, sort_keys=True),
@@ -279,7 +280,9 @@ class EvaluatedRun:
             (every item its own "class").
         similarity: float [C, C] class similarity, or [N, N] caption
             similarity for unlabelled caption data.
-        images: uint8 [N, H, W, C] test images.
+        images: `images(indices) -> uint8 [K, H, W, C]`, the test images
+            at those positions, decoded on demand (a report draws a few;
+            the split is never held in memory).
         label_names: class names (None for unlabelled data).
         config: the run's ExperimentConfig.
     """
@@ -288,7 +291,7 @@ class EvaluatedRun:
     codes: np.ndarray
     labels: np.ndarray
     similarity: np.ndarray
-    images: np.ndarray
+    images: object
     label_names: list | None
     config: object
 
@@ -310,7 +313,7 @@ def evaluate_run_outputs(run_dir, k=250):
     config_path = os.path.join(run_dir, contract.CONFIG_FILE)
     model_path = os.path.join(run_dir, contract.MODEL_FILE)
     for path in (config_path, model_path):
-        if not os.path.exists(path):
+        if not io_lib.exists(path):
             raise FileNotFoundError(
                 f"{path} is missing: is {run_dir!r} a finished `shrewd train` "
                 "run directory?"
@@ -318,14 +321,14 @@ def evaluate_run_outputs(run_dir, k=250):
     config = config_lib.ExperimentConfig.from_file(config_path)
     data = inputs.load_experiment_data(config.data)
     model = keras.models.load_model(model_path)
-    outputs = predict_outputs(model, data.eval_dataset(data.test_images))
+    outputs = predict_outputs(model, data.eval_dataset())
     result = experiment_metrics(data, outputs, k=k)
     if data.labelled and data.class_distances is not None:
         labels = data.test_labels
         similarity = semantics.class_similarity(data.class_distances)
         names = list(data.class_names)
     elif data.test_embeddings is not None:
-        labels = np.arange(len(data.test_images))
+        labels = np.arange(len(data.test_labels))
         similarity = caption_similarity_matrix(data.test_embeddings)
         names = None
     else:
@@ -336,7 +339,7 @@ def evaluate_run_outputs(run_dir, k=250):
         metrics=result,
         codes=np.asarray(outputs[contract.CODE_OUTPUT], np.float32),
         labels=np.asarray(labels), similarity=similarity,
-        images=data.test_images, label_names=names, config=config,
+        images=data.test_images_at, label_names=names, config=config,
     )
 
 

@@ -49,7 +49,10 @@ class RunOutputs:
             (`semantics.class_similarity` of the class distances; for
             captions an [N, N] embedding similarity).
         metrics: the row of the metrics table.
-        images: optional uint8 [N, H, W, C] for the retrieval grid.
+        images: optional, for the retrieval grid: uint8 [N, H, W, C], or a
+            function `images(indices) -> uint8 [K, H, W, C]` that decodes
+            only the images the grid draws
+            (`ExperimentData.test_images_at`).
         label_names: optional names of the labels for titles.
     """
 
@@ -57,7 +60,7 @@ class RunOutputs:
     labels: np.ndarray
     similarity: np.ndarray
     metrics: dict
-    images: np.ndarray | None = None
+    images: object = None
     label_names: list | None = None
 
 
@@ -178,6 +181,10 @@ def plot_retrieval_grid(run, path, queries=None, results=GRID_RESULTS, seed=0):
         rng = np.random.default_rng(seed)
         queries = np.sort(rng.choice(n, size=min(GRID_QUERIES, n), replace=False))
     rows, distances = hamming_neighbours(run.codes, queries, results)
+    drawn = np.unique(np.concatenate([np.asarray(queries), rows.ravel()]))
+    fetched = (run.images(drawn) if callable(run.images)
+               else np.asarray(run.images)[drawn])
+    image_of = dict(zip(drawn.tolist(), fetched))
     figure, axes = plt.subplots(
         len(queries), results + 1, figsize=(1.3 * (results + 1), 1.45 * len(queries)),
         squeeze=False,
@@ -191,7 +198,7 @@ def plot_retrieval_grid(run, path, queries=None, results=GRID_RESULTS, seed=0):
         cells = [(query, None)] + list(zip(rows[row], distances[row]))
         for column, (item, distance) in enumerate(cells):
             axis = axes[row][column]
-            image = run.images[item]
+            image = image_of[int(item)]
             if image.shape[-1] == 1:  # fixed range: no per-image stretch
                 axis.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)
             else:

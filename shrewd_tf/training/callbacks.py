@@ -1,4 +1,5 @@
-"""Keras callbacks: retrieval evaluation during training."""
+"""Keras callbacks: retrieval evaluation during training, and backups that
+only the chief of a multi-worker run writes."""
 
 import logging
 import time
@@ -84,3 +85,32 @@ class RetrievalEvaluation(keras.callbacks.Callback):
             time.perf_counter() - start,
             ", ".join(f"{k}={v:.4f}" for k, v in values.items()),
         )
+
+
+class ChiefBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` for runs whose workers share one backup folder.
+
+    Keras 3's callback has every worker write the same files. Here every
+    worker restores from `backup_dir` (shared storage, e.g. `gs://`) at
+    the start of `fit`, but only the chief (`is_chief`) saves and deletes
+    it: the workers hold the same weights after each synchronous step, so
+    the chief's copy is everyone's. A killed worker's job restarted with
+    the same output_dir resumes all workers at the chief's last backup.
+
+    Args:
+        backup_dir: the shared folder.
+        is_chief: whether this process writes.
+        **kwargs: more `BackupAndRestore` arguments.
+    """
+
+    def __init__(self, backup_dir, is_chief=True, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.is_chief = bool(is_chief)
+
+    def _save_model(self):
+        if self.is_chief:
+            super()._save_model()
+
+    def on_train_end(self, logs=None):
+        if self.is_chief:
+            super().on_train_end(logs)

@@ -79,6 +79,17 @@ def make_strategy(name="auto"):
     )
 
 
+def is_chief(strategy):
+    """Whether this process writes the run's files.
+
+    Under MultiWorkerMirroredStrategy only the chief does (the "chief"
+    task, or worker 0 of a cluster without one): every worker computes
+    the same weights, and they all share one output_dir. Single-process
+    strategies are their own chief.
+    """
+    return bool(getattr(strategy.extended, "should_checkpoint", True))
+
+
 @functools.lru_cache(maxsize=None)
 def _mirrored_strategy(devices):
     """One MirroredStrategy per device set and process.

@@ -30,6 +30,7 @@ import time
 import keras
 
 from shrewd_tf import contract
+from shrewd_tf import io as io_lib
 from shrewd_tf.data import pipelines as inputs
 from shrewd_tf.evaluation import evaluate as evaluation
 from shrewd_tf.io import atomic_path
@@ -159,13 +160,13 @@ def check_losses_fit_data(loss_config, data):
             "names). Use a caption loss set: SIM, SIM-KL, SIM-KL-REG or REG. "
             f"Received: losses={name!r}"
         )
-    if "reg" in terms and data.train_embeddings is None:
+    if "reg" in terms and data.embedding_dim is None:
         raise ValueError(
             f"Loss set {name!r} includes REG, which regresses caption "
             "embeddings, but the data has none (dataset='tfrecords' written "
             f"with captions). Received: losses={name!r}"
         )
-    no_targets = data.caption_targets and data.train_embeddings is None
+    no_targets = data.caption_targets and data.embedding_dim is None
     if "sim" in terms and no_targets:
         raise ValueError(
             f"Loss set {name!r} includes SIM, which needs class distances or "
@@ -237,7 +238,7 @@ def _validation_callback(config, data):
     """Per-epoch retrieval metrics on the first `validation_subset` test
     images: class metrics with class distances, caption metrics otherwise."""
     count = min(config.data.validation_subset, len(data.test_labels))
-    dataset = data.eval_dataset(data.test_images[:count])
+    dataset = data.eval_dataset(limit=count)
     if not data.caption_targets:
         return callbacks_lib.RetrievalEvaluation(
             dataset,
@@ -262,6 +263,15 @@ def save_model_atomically(model, path):
 def train(config, data=None, extra_callbacks=(), verbose="auto"):
     """Trains, saves and evaluates one configuration.
 
+    The training stream is fed to the replicas by
+    `strategy.distribute_datasets_from_function`: each input pipeline
+    (one per worker) reads its own shard of the split, in batches of
+    `train.per_replica_batch_size`; a step's global batch is that times
+    the replicas in sync. Under MultiWorkerMirroredStrategy every worker
+    trains and evaluates, but only the chief (`distribution.is_chief`)
+    writes the run's files into the shared output_dir (any file system
+    `tf.io.gfile` reaches, e.g. `gs://`).
+
     Args:
         config: `config.ExperimentConfig`.
         data: optional pre-loaded `inputs.ExperimentData` (to share one load
@@ -281,27 +291,29 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
     train_cfg = config.train
     precision = distribution.set_precision_policy(train_cfg.precision)
     strategy = distribution.make_strategy(train_cfg.strategy)
+    chief = distribution.is_chief(strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = train_cfg.per_replica_batch_size * replicas
     if data is None:
         data = inputs.load_experiment_data(config.data)
     check_losses_fit_data(config.loss, data)
-    steps = len(data.train_labels) // global_batch
+    steps = data.train_count // global_batch
     if train_cfg.steps_per_epoch:
         steps = min(steps, train_cfg.steps_per_epoch)
     if steps < 1:
         raise ValueError(
             f"The global batch ({global_batch}) is larger than the training "
-            f"set ({len(data.train_labels)} images). Received: "
+            f"set ({data.train_count} images). Received: "
             f"per_replica_batch_size={train_cfg.per_replica_batch_size}"
         )
     out = train_cfg.output_dir
-    os.makedirs(out, exist_ok=True)
-    config.save_json(os.path.join(out, contract.CONFIG_FILE))
+    if chief:
+        io_lib.makedirs(out)
+        config.save_json(os.path.join(out, contract.CONFIG_FILE))
     log.info(
         "training %s (%s) on %d images: %d replicas x %d = %d per step, "
         "%d steps/epoch, %d epochs, precision %s",
-        config.name, config.loss.losses, len(data.train_labels), replicas,
+        config.name, config.loss.losses, data.train_count, replicas,
         train_cfg.per_replica_batch_size, global_batch, steps,
         train_cfg.epochs, precision,
     )
@@ -319,7 +331,7 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
             labelled=data.labelled,
         )
     output_names = list(train_model.output)
-    if data.train_embeddings is None:
+    if data.embedding_dim is None:
         split = training.targets_for(output_names)
     else:
         split = training.targets_for(
@@ -328,29 +340,34 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
                 output_names, data.caption_targets, data.labelled
             ),
         )
-    train_ds = (
-        data.train_dataset(global_batch, train_cfg.seed, config.data.augment)
-        .repeat()
-        .map(split)
-    )
+
+    def dataset_fn(input_context):
+        return data.train_dataset(
+            global_batch, train_cfg.seed, config.data.augment,
+            input_context=input_context,
+        ).repeat().map(split)
+
+    train_ds = strategy.distribute_datasets_from_function(dataset_fn)
     callbacks = [
         _validation_callback(config, data),
-        keras.callbacks.BackupAndRestore(
-            os.path.join(out, contract.BACKUP_DIR)
+        callbacks_lib.ChiefBackupAndRestore(
+            os.path.join(out, contract.BACKUP_DIR), is_chief=chief
         ),
-        keras.callbacks.ModelCheckpoint(
-            os.path.join(
-                out, contract.CHECKPOINTS_DIR, contract.CHECKPOINT_FILE_PATTERN
-            ),
-            save_weights_only=True,
-        ),
-        keras.callbacks.TensorBoard(os.path.join(out, contract.LOGS_DIR)),
-        keras.callbacks.CSVLogger(
-            os.path.join(out, contract.HISTORY_FILE), append=True
-        ),
-        *extra_callbacks,
     ]
-    os.makedirs(os.path.join(out, contract.CHECKPOINTS_DIR), exist_ok=True)
+    if chief:
+        callbacks += [
+            keras.callbacks.ModelCheckpoint(
+                os.path.join(out, contract.CHECKPOINTS_DIR,
+                             contract.CHECKPOINT_FILE_PATTERN),
+                save_weights_only=True,
+            ),
+            keras.callbacks.TensorBoard(os.path.join(out, contract.LOGS_DIR)),
+            keras.callbacks.CSVLogger(
+                os.path.join(out, contract.HISTORY_FILE), append=True
+            ),
+        ]
+        io_lib.makedirs(os.path.join(out, contract.CHECKPOINTS_DIR))
+    callbacks += list(extra_callbacks)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
     start = time.perf_counter()
@@ -370,12 +387,11 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
             steps=BATCH_NORM_RECALIBRATION_STEPS,
         )
     log.info("recalibrated %d batch-norm layers", recalibrated)
-    save_model_atomically(model, os.path.join(out, contract.MODEL_FILE))
-    write_preprocessing(data, out)
+    if chief:
+        save_model_atomically(model, os.path.join(out, contract.MODEL_FILE))
+        write_preprocessing(data, out)
 
-    test_outputs = evaluation.predict_outputs(
-        model, data.eval_dataset(data.test_images)
-    )
+    test_outputs = evaluation.predict_outputs(model, data.eval_dataset())
     metrics = evaluation.experiment_metrics(data, test_outputs)
     metrics.update(
         wall_seconds=wall,
@@ -383,7 +399,8 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         replicas=replicas,
         images_per_second=steps * global_batch * train_cfg.epochs / wall,
     )
-    evaluation.write_metrics({config.name: metrics}, out)
+    if chief:
+        evaluation.write_metrics({config.name: metrics}, out)
     return TrainResult(
         model=model,
         history={k: list(map(float, v)) for k, v in history.history.items()},

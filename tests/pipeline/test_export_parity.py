@@ -6,7 +6,7 @@ saved as a run directory and exported. The exported `serving_default`
 signature is then fed the ORIGINAL encoded images (the IDX pixels as PNG,
 the bytes tfds stored, the files of a captions folder), as a client would
 send them, and its codes must equal the codes the Keras model computes on
-the evaluation pipeline (`data.eval_dataset(data.test_images)`). Both
+the evaluation pipeline (`data.eval_dataset()`). Both
 sides run `preprocess.preprocess_image`; before it, image-folder sources
 were stored antialiased but served without antialiasing, and tfds images
 were truncated in training but rounded in serving.
@@ -28,6 +28,8 @@ from shrewd_tf.export import saved_model as export
 from shrewd_tf.training import trainer
 from tests.support.image_sources import pixels
 from tests.support.image_sources import write_fake_fashion_mnist
+from tests.support.sources import split_test_images
+from tests.support.sources import train_arrays
 
 IMAGE_SIZE = (12, 12)
 TFDS_EXAMPLES = 5
@@ -181,7 +183,7 @@ def assert_served_codes_equal_evaluation_codes(directory, config, experiment,
     """Builds a run from `experiment`, exports it, and compares the codes
     `serving_default` gives the original bytes with the evaluation codes."""
     assert experiment.input_shape[:2] == IMAGE_SIZE
-    assert len(originals) == len(experiment.test_images) >= 4
+    assert len(originals) == len(experiment.test_labels) >= 4
     sizes = {tuple(tf.io.decode_image(b).shape[:2]) for b in originals}
     assert sizes - {IMAGE_SIZE}, "some original must need resizing"
 
@@ -200,7 +202,7 @@ def assert_served_codes_equal_evaluation_codes(directory, config, experiment,
     )
 
     evaluated = model.predict(
-        experiment.eval_dataset(experiment.test_images), verbose=0
+        experiment.eval_dataset(), verbose=0
     )["code"]
     served = tf.saved_model.load(version).signatures["serving_default"](
         images=tf.constant(originals)
@@ -214,13 +216,14 @@ def assert_same_pixels(direct, from_records):
     same images (records in shard order, ids "<split>/<index>")."""
     order = [int(i.rsplit("/", 1)[1]) for i in from_records.test_ids]
     np.testing.assert_array_equal(
-        direct.test_images[order], from_records.test_images
+        split_test_images(direct)[order], split_test_images(from_records)
     )
 
     def rows(images):
         return sorted(image.tobytes() for image in images)
 
-    assert rows(direct.train_images) == rows(from_records.train_images)
+    assert (rows(train_arrays(direct)["images"])
+            == rows(train_arrays(from_records)["images"]))
     np.testing.assert_allclose(direct.mean, from_records.mean, rtol=1e-6)
     np.testing.assert_allclose(direct.std, from_records.std, rtol=1e-6)
 
@@ -238,13 +241,14 @@ def test_fashion_mnist_idx(tmp_path):
 def test_tfds_mock(tmp_path):
     import tensorflow_datasets as tfds
 
+    # The tfds split streams, so it is read inside the mock.
     with tfds.testing.mock_data(num_examples=TFDS_EXAMPLES):
         (direct, originals), (records, _) = tfds_source(str(tmp_path))
         config, experiment = load(direct)
-    assert_same_pixels(experiment, load(records)[1])
-    assert_served_codes_equal_evaluation_codes(
-        str(tmp_path), config, experiment, originals
-    )
+        assert_same_pixels(experiment, load(records)[1])
+        assert_served_codes_equal_evaluation_codes(
+            str(tmp_path), config, experiment, originals
+        )
 
 
 def test_captions_folder(tmp_path):
@@ -261,12 +265,12 @@ def test_captions_folder(tmp_path):
     kept, kept_originals = write_captions(str(tmp_path), True)
     _, kept_experiment = load({"dataset": "tfrecords", "data_dir": kept,
                                "class_distances_file": distances})
-    stored = dict(zip(experiment.test_ids, experiment.test_images))
+    stored = dict(zip(experiment.test_ids, split_test_images(experiment)))
     assert len(kept_experiment.test_ids) >= 3
     assert any(
         tuple(tf.io.decode_image(kept_originals[i]).shape[:2]) != IMAGE_SIZE
         for i in kept_experiment.test_ids
     )
     for record_id, image in zip(kept_experiment.test_ids,
-                                kept_experiment.test_images):
+                                split_test_images(kept_experiment)):
         np.testing.assert_array_equal(image, stored[record_id])

@@ -36,7 +36,7 @@ def make_data(train=256, test=96, size=12, channels=1, seed=0):
     test_x, test_y = split(test)
     mean = train_x.reshape(-1, channels).mean(0).astype(np.float32)
     std = train_x.reshape(-1, channels).std(0).astype(np.float32)
-    return inputs.ExperimentData(
+    return inputs.ExperimentData.from_arrays(
         train_images=train_x,
         train_labels=train_y,
         test_images=test_x,
@@ -167,3 +167,31 @@ def write_tfrecord_dir(
         source=source,
     ).save(directory)
     return written
+
+
+# === Reading an experiment's streams back (small data only) ===
+
+
+def train_arrays(data):
+    """The training stream of `inputs.ExperimentData`, unshuffled, as
+    {"images": uint8 [N, H, W, C], "labels": int64 [N] or None,
+    "embeddings": float32 [N, E] or None} (held-out classes removed)."""
+    images, labels, embeddings = [], [], []
+    for image, targets in data.train_examples(shuffle=False).as_numpy_iterator():
+        images.append(image)
+        if isinstance(targets, dict):
+            embeddings.append(targets[inputs.EMBEDDING_TARGETS])
+            if inputs.LABEL_TARGETS in targets:
+                labels.append(targets[inputs.LABEL_TARGETS])
+        else:
+            labels.append(targets)
+    return {
+        "images": np.stack(images),
+        "labels": np.asarray(labels, np.int64) if labels else None,
+        "embeddings": np.stack(embeddings) if embeddings else None,
+    }
+
+
+def split_test_images(data):
+    """uint8 [M, H, W, C]: the test stream of `inputs.ExperimentData`."""
+    return np.stack([e["image"] for e in data.test.examples().as_numpy_iterator()])

@@ -44,12 +44,14 @@ def test_tfrecords_load_as_written(captioned):
         tfrecord_config(directory, semantics="captions")
     )
     train, test = written["train"], written["test"]
-    np.testing.assert_array_equal(data.train_images, train["images"])
-    np.testing.assert_array_equal(data.train_labels, train["labels"])
-    np.testing.assert_array_equal(data.test_images, test["images"])
+    streamed = helpers.train_arrays(data)
+    np.testing.assert_array_equal(streamed["images"], train["images"])
+    np.testing.assert_array_equal(streamed["labels"], train["labels"])
+    np.testing.assert_array_equal(helpers.split_test_images(data), test["images"])
     np.testing.assert_array_equal(data.test_labels, test["labels"])
-    np.testing.assert_allclose(data.train_embeddings, train["embeddings"])
+    np.testing.assert_allclose(streamed["embeddings"], train["embeddings"])
     np.testing.assert_allclose(data.test_embeddings, test["embeddings"])
+    assert data.train_count == len(train["labels"])
     assert list(data.test_ids) == list(test["ids"])
     assert list(data.test_captions) == list(test["captions"])
     assert data.class_names == ["a", "b", "c", "d"]
@@ -71,20 +73,22 @@ def test_subsets_and_holdout_cut_every_array(captioned):
     )
     train = written["train"]
     keep = train["labels"][:50] != 1
-    np.testing.assert_array_equal(data.train_labels, train["labels"][:50][keep])
-    np.testing.assert_array_equal(data.train_images, train["images"][:50][keep])
+    streamed = helpers.train_arrays(data)
+    np.testing.assert_array_equal(streamed["labels"], train["labels"][:50][keep])
+    np.testing.assert_array_equal(streamed["images"], train["images"][:50][keep])
     np.testing.assert_allclose(
-        data.train_embeddings, train["embeddings"][:50][keep]
+        streamed["embeddings"], train["embeddings"][:50][keep]
     )
+    assert data.train_count == int(keep.sum())
     # The test split keeps the held-out class.
     np.testing.assert_array_equal(data.test_labels, written["test"]["labels"][:20])
     assert len(data.test_embeddings) == len(data.test_ids) == 20
 
 
-def _rows_of(images, data):
+def _rows_of(images, data, train_images):
     """Indices of standardised (unaugmented) batch images in train_images."""
     pixels = np.round(images * data.std + data.mean).astype(np.int64)
-    flat = data.train_images.reshape(len(data.train_images), -1).astype(np.int64)
+    flat = train_images.reshape(len(train_images), -1).astype(np.int64)
     rows = []
     for image in pixels.reshape(len(pixels), -1):
         matches = np.flatnonzero(np.all(flat == image, axis=1))
@@ -99,18 +103,20 @@ def test_caption_train_dataset_keeps_targets_aligned(captioned):
         tfrecord_config(directory, semantics="captions")
     )
     batches = list(data.train_dataset(32, seed=3).take(2).as_numpy_iterator())
+    streamed = helpers.train_arrays(data)
     assert len(batches) == 2
     for images, targets in batches:
         assert set(targets) == {"labels", "embeddings"}
         assert targets["embeddings"].shape == (32, 16)
         assert targets["embeddings"].dtype == np.float32
-        rows = _rows_of(images, data)
-        np.testing.assert_array_equal(targets["labels"], data.train_labels[rows])
+        rows = _rows_of(images, data, streamed["images"])
+        np.testing.assert_array_equal(targets["labels"], streamed["labels"][rows])
         np.testing.assert_allclose(
-            targets["embeddings"], data.train_embeddings[rows]
+            targets["embeddings"], streamed["embeddings"][rows]
         )
     # Shuffled: the first batch is not the first 32 records.
-    assert not np.array_equal(_rows_of(batches[0][0], data), np.arange(32))
+    assert not np.array_equal(
+        _rows_of(batches[0][0], data, streamed["images"]), np.arange(32))
 
 
 def test_without_captions_the_label_path_is_unchanged(tmp_path, recorded_wup):
@@ -119,7 +125,7 @@ def test_without_captions_the_label_path_is_unchanged(tmp_path, recorded_wup):
         class_names=("dog.n.01", "cat.n.01", "car.n.01", "bus.n.01"),
     )
     data = inputs.load_experiment_data(tfrecord_config(tmp_path))
-    assert data.train_embeddings is None and data.test_embeddings is None
+    assert data.embedding_dim is None and data.test_embeddings is None
     assert not data.caption_targets
     images, labels = next(iter(data.train_dataset(16)))
     assert labels.dtype == np.int64 and labels.shape == (16,)
@@ -137,7 +143,7 @@ def test_unlabelled_records(tmp_path):
     )
     assert not data.labelled
     assert data.class_names == [] and data.num_classes == 0
-    assert np.all(data.train_labels == data_lib.NO_LABEL)
+    assert np.all(data.test_labels == data_lib.NO_LABEL)
     _, targets = next(iter(data.train_dataset(16)))
     assert set(targets) == {"embeddings"}
     for kind in ("wup", "bert", "lcs"):
@@ -161,7 +167,9 @@ def test_partly_unlabelled_records_count_as_unlabelled(tmp_path):
         tfrecord_config(tmp_path, semantics="captions")
     )
     assert not data.labelled and data.class_names == []
-    assert np.all(data.train_labels == -1)
+    assert np.all(data.test_labels == -1)
+    _, targets = next(iter(data.train_dataset(8)))
+    assert set(targets) == {"embeddings"}
     assert len(data.test_labels) == len(unlabelled["test"]["labels"])
 
 
@@ -181,8 +189,8 @@ def test_image_size_resizes(captioned):
         tfrecord_config(directory, semantics="captions", image_size=(4, 4),
                         train_subset=8, test_subset=8)
     )
-    assert data.train_images.shape == (8, 4, 4, 1)
-    assert data.test_images.shape == (8, 4, 4, 1)
+    assert helpers.train_arrays(data)["images"].shape == (8, 4, 4, 1)
+    assert helpers.split_test_images(data).shape == (8, 4, 4, 1)
     assert data.input_shape == (4, 4, 1)
 
 

@@ -58,11 +58,10 @@ def test_zero_shot_trains_without_the_held_out_classes(tmp_path, monkeypatch):
 
     def fake_load(data_config):
         seen["holdout"] = data_config.holdout_classes
-        keep = ~np.isin(data.train_labels, data_config.holdout_classes)
-        return inputs.ExperimentData(
-            **{**data.__dict__, "train_images": data.train_images[keep],
-               "train_labels": data.train_labels[keep]}
-        )
+        keep = ~np.isin(data.train.labels, data_config.holdout_classes)
+        return dataclasses.replace(
+            data, holdout_classes=tuple(data_config.holdout_classes),
+            train_count=int(keep.sum()))
 
     monkeypatch.setattr(inputs, "load_experiment_data", fake_load)
     flat_hits = evaluation.zero_shot_flat_hits

@@ -55,7 +55,7 @@ def test_train_writes_artefacts_and_reloads(tmp_path):
     assert 0.0 <= metrics["accuracy"] <= 1.0
     # The saved model reproduces the codes.
     reloaded = keras.models.load_model(os.path.join(out, "model.keras"))
-    images = next(iter(data.eval_dataset(data.test_images[:8])))[0]
+    images = next(iter(data.eval_dataset(limit=8)))[0]
     np.testing.assert_allclose(
         reloaded(images)["code"], result.model(images)["code"], atol=1e-5
     )
@@ -63,10 +63,10 @@ def test_train_writes_artefacts_and_reloads(tmp_path):
     # preprocessing.json: the model's input is (x - mean) / std of uint8 x.
     payload = json.load(open(os.path.join(out, "preprocessing.json")))
     assert payload["image_shape"] == [12, 12, 1]
-    pixels = data.train_images.reshape(-1, 1).astype(np.float64)
+    pixels = data.train.images.reshape(-1, 1).astype(np.float64)
     np.testing.assert_allclose(payload["mean"], pixels.mean(0), rtol=1e-6)
     np.testing.assert_allclose(payload["std"], pixels.std(0), rtol=1e-5)
-    expected = (data.test_images[:8] - np.array(payload["mean"])) / np.array(
+    expected = (data.test.images[:8] - np.array(payload["mean"])) / np.array(
         payload["std"]
     )
     np.testing.assert_allclose(images, expected, rtol=1e-5, atol=1e-5)
@@ -293,7 +293,7 @@ def test_validation_callback_with_bert_distances_above_one(tmp_path):
     callback.set_model(model)
     logs = {}
     callback.on_epoch_end(0, logs)
-    codes = np.asarray(model.predict(data.eval_dataset(data.test_images),
+    codes = np.asarray(model.predict(data.eval_dataset(),
                                      verbose=0))
     labels = data.test_labels
     expected = metrics.mean_average_hierarchical_precision(
