@@ -10,7 +10,13 @@ import os
 import sys
 
 from shrewd_tf import contract
+from shrewd_tf import verbosity
 from shrewd_tf.semantics import wordnet_corpus
+
+# Errors a user can fix (a missing file, a bad value): one line, no
+# traceback, unless -v.
+EXPECTED_ERRORS = (FileNotFoundError, FileExistsError, NotADirectoryError,
+                   PermissionError, ValueError, KeyError)
 
 
 def _setup_wordnet(args):
@@ -111,7 +117,6 @@ def _zero_shot(args):
 def _demo(args):
     from pipeline import demo
 
-    logging.getLogger().setLevel(logging.INFO)
     return demo.run(args.runs_dir, quick=args.quick)
 
 
@@ -119,7 +124,6 @@ def _index_build(args):
     from pipeline import build_index
     from pipeline import build_index_options
 
-    logging.getLogger().setLevel(logging.INFO)
     try:
         result = build_index.run(build_index_options.options_from_args(args))
     except (FileNotFoundError, KeyError, ValueError) as error:
@@ -161,7 +165,6 @@ def _pipeline_run(args):
     from pipeline import runner
 
     overrides = _overrides(args)
-    logging.getLogger().setLevel(logging.INFO)
     runner.run(args.config, overrides, force=args.force or ())
     return 0
 
@@ -200,7 +203,9 @@ def build_parser():
         description="SHREWD semantic deep hashing for image retrieval.",
     )
     parser.add_argument(
-        "-v", "--verbose", action="store_true", help="log at INFO level"
+        "-v", "--verbose", action="store_true",
+        help="log at INFO level, with the internals of TensorFlow, Beam, "
+        "absl and ScaNN (quiet by default) and full tracebacks",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands.required = True
@@ -372,11 +377,16 @@ def build_parser():
 def main(argv=None):
     """Runs the `shrewd` command line; returns the exit code."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    return args.run(args)
+    verbosity.configure(verbose=args.verbose)
+    try:
+        return args.run(args)
+    except EXPECTED_ERRORS as error:
+        if args.verbose:
+            raise
+        message = " ".join(str(error).split())
+        print(f"shrewd {args.command}: error: {message} (-v shows the "
+              "traceback)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

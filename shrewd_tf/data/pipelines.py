@@ -175,9 +175,15 @@ class ExperimentData:
     def eval_dataset(self, limit=None, batch_size=EVAL_BATCH):
         """Standardised test images in order (the first `limit`), batched;
         targets are dummies."""
+        count = len(self.test_labels)
         examples = self.test.examples()
         if limit is not None:
+            count = min(count, int(limit))
             examples = examples.take(int(limit))
+        # A known length: Keras' predict then ends without an "input ran
+        # out of data" warning (a stream's cardinality is unknown).
+        examples = examples.apply(
+            tf.data.experimental.assert_cardinality(count))
         return image_dataset.make_image_dataset(
             examples.map(lambda e: (e[sources_lib.IMAGE],
                                     tf.zeros([], tf.int64))),

@@ -21,6 +21,7 @@ from shrewd_tf.retrieval.arrays import pad_columns
 from shrewd_tf.retrieval.base import RetrievalIndex
 from shrewd_tf.retrieval.base import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
+from shrewd_tf.verbosity import native_stderr_silenced
 
 
 # Below this many codes tree + AH is not trained and, unless num_leaves was
@@ -204,7 +205,10 @@ class ScannIndex(RetrievalIndex):
                 )
                 .reorder(self.reorder_k or 100)
             )
-        self._searcher = builder.build()
+        # ScaNN logs its partitioner training through absl's C++ log on
+        # stderr; quiet commands drop it (shrewd_tf.verbosity).
+        with native_stderr_silenced():
+            self._searcher = builder.build()
 
     def _add_engine(self, codes):
         # The raw searcher appends rows for `None` indices; no docids needed.

@@ -9,6 +9,7 @@ import pytest
 
 from shrewd_tf import cli
 from shrewd_tf.semantics import wordnet_corpus
+from tests.paths import REPO_ROOT
 from tests.support.sources import make_fake_source
 
 
@@ -101,12 +102,37 @@ def test_train_then_evaluate_reproduces_the_metrics(tmp_path, capsys):
         assert evaluated[key] == pytest.approx(trained[key], abs=1e-6), key
 
 
+# What a quiet command must not print: TensorFlow's C++ log, Beam's workers,
+# absl and ScaNN's native log, Python tracebacks and warnings.
+INTERNALS = (
+    "tensorflow/core", "cpu_feature_guard", "oneDNN", "cuInit", "cuda",
+    "apache_beam", "sdk_worker", "statecache", "data_plane", "absl",
+    "I0000", "W0000", "E0000", "Traceback", "Warning:", "WARNING",
+)
+QUIET_DEMO_LINES = 200
+
+
 @needs_fashion_mnist
-def test_demo_quick_runs_every_pipeline_stage(tmp_path, capsys):
+def test_demo_quick_runs_every_pipeline_stage_quietly(tmp_path):
     """CI's run of `make demo`: the real Fashion-MNIST files, first 1024
-    images of each split, every stage of the pipeline."""
-    assert cli.main(["demo", "--quick", "--runs-dir", str(tmp_path)]) == 0
-    out = capsys.readouterr().out
+    images of each split, every stage of the pipeline, run as a new user
+    would (a subprocess, a clean environment), printing banners, progress
+    and results only."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "PYTHONPATH": str(REPO_ROOT)}
+    done = subprocess.run(
+        [sys.executable, "-m", "shrewd_tf.cli", "demo", "--quick",
+         "--runs-dir", str(tmp_path)],
+        cwd=str(tmp_path), env=env, capture_output=True, text=True,
+        timeout=900,
+    )
+    out = done.stdout + done.stderr
+    assert done.returncode == 0, out[-4000:]
+    lines = out.splitlines()
+    assert len(lines) < QUIET_DEMO_LINES, out
+    noisy = [line for line in lines
+             if any(mark in line for mark in INTERNALS)]
+    assert not noisy, "\n".join(noisy)
     run_dir = tmp_path / "fashion_mnist_quick"
     for stage in ("example_gen", "semantics", "trainer", "evaluator",
                   "exporter", "index_builder"):
@@ -145,9 +171,13 @@ def test_set_needs_key_value(tmp_path):
         cli.main(["train", "--set", "train.epochs"])
 
 
-def test_evaluate_names_a_missing_run(tmp_path):
+def test_evaluate_names_a_missing_run(tmp_path, capsys):
+    assert cli.main(["evaluate", str(tmp_path)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith("shrewd evaluate: error:")
+    assert "config.json is missing" in error and "\n" not in error
     with pytest.raises(FileNotFoundError, match="config.json"):
-        cli.main(["evaluate", str(tmp_path)])
+        cli.main(["-v", "evaluate", str(tmp_path)])
 
 
 # === export ===
