@@ -17,15 +17,29 @@ the options' field names.
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from shrewd_tf import verbosity
+
 DEFAULT_RUNNER = "FnApiRunner"
 
 
+def _given(beam_args, flag):
+    return any(a == flag or a.startswith(f"{flag}=") for a in beam_args)
+
+
 def pipeline_options(beam_args):
-    """`PipelineOptions` of `beam_args`, runner FnApiRunner by default."""
+    """`PipelineOptions` of `beam_args`, runner FnApiRunner by default.
+
+    While a command runs quiet (`shrewd_tf.verbosity`), the SDK workers
+    log at ERROR only (`--default_sdk_harness_log_level`), unless the
+    flags say otherwise: the multi-process runner's workers otherwise print
+    their state cache, data plane and bundle chatter at INFO.
+    """
     beam_args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=")
-               for a in beam_args):
+    if not _given(beam_args, "--runner"):
         beam_args.append(f"--runner={DEFAULT_RUNNER}")
+    if verbosity.quiet() and not _given(
+            beam_args, "--default_sdk_harness_log_level"):
+        beam_args.append("--default_sdk_harness_log_level=ERROR")
     return PipelineOptions(beam_args)
 
 

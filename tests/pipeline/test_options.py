@@ -74,3 +74,17 @@ def test_build_index_options_normalise_kinds():
                                          kinds="binary").kinds == ("binary",)
     with pytest.raises(ValueError, match="kinds"):
         build_index.BuildIndexOptions("in", "m", "out", kinds="faiss")
+
+
+def test_quiet_commands_keep_the_beam_workers_quiet(monkeypatch):
+    from shrewd_tf import verbosity
+
+    def level(beam_args):
+        all_options = options_lib.pipeline_options(beam_args).get_all_options()
+        return all_options["default_sdk_harness_log_level"]
+
+    monkeypatch.delenv(verbosity.QUIET_ENV, raising=False)
+    assert level([]) is None
+    monkeypatch.setenv(verbosity.QUIET_ENV, "1")
+    assert level([]) == "ERROR"
+    assert level(["--default_sdk_harness_log_level=DEBUG"]) == "DEBUG"
