@@ -49,6 +49,9 @@ PARALLEL_READS = 8  # TFRecord files read at once per input pipeline
 DEFAULT_SHUFFLE_BUFFER = 10_000  # serialized records
 EPOCHS = 2**40  # a shuffled stream repeats "for ever"
 METADATA_BATCH = 1024
+# Images a tfds split's channel statistics are estimated from (ImageNet:
+# 50k of 1.28M; the estimate's error is far below what training notices).
+STATISTICS_SAMPLE = 50_000
 STATISTICS_BATCH = 256
 # Cached per-split statistics of a tfds builder, beside its data.
 TFDS_STATISTICS_DIR = "shrewd_statistics"
@@ -412,8 +415,11 @@ class TfdsSource(SplitSource):
     `preprocess.preprocess_image`, as the exported model decodes a
     client's bytes. Files are sharded per input pipeline through
     `tfds.ReadConfig(input_context=...)` when the split has enough files
-    (else records are). Label counts and channel statistics take one pass
-    and are cached in `<data_dir>/shrewd_statistics/` when it is writable.
+    (else records are). The record count comes from the builder's info;
+    label counts (needed for held-out classes) take one pass over the
+    labels, channel statistics one over the first `STATISTICS_SAMPLE`
+    images; both are cached in `<data_dir>/shrewd_statistics/` when it is
+    writable.
     """
 
     def __init__(self, name, split, data_dir, image_shape, limit=None):
@@ -432,9 +438,6 @@ class TfdsSource(SplitSource):
             return int(self.builder.info.splits[self.split].num_shards)
         except (KeyError, TypeError):  # unknown (mocked builders)
             return None
-
-    def num_records(self):
-        return int(sum(self.label_counts().values()))
 
     def _serialized(self, shuffle, seed, input_context):
         import tensorflow_datasets as tfds
@@ -477,36 +480,56 @@ class TfdsSource(SplitSource):
     def _decode_labels(self, batch):
         return batch[LABEL]
 
-    def _cache_path(self):
+    def _cached(self, kind, compute):
+        """A JSON value cached beside the data (when writable)."""
         shape = "x".join(str(s) for s in self.image_shape)
         limit = "" if self.limit is None else f"-first{self.limit}"
-        return os.path.join(self.data_dir, TFDS_STATISTICS_DIR,
-                            f"{self.name}-{self.split}-{shape}{limit}.json")
-
-    def _statistics(self):
-        path = self._cache_path()
+        path = os.path.join(
+            self.data_dir, TFDS_STATISTICS_DIR,
+            f"{self.name}-{self.split}-{shape}{limit}-{kind}.json")
         if io_lib.exists(path):
             return json.loads(io_lib.read_text(path))
-        log.info("%s %s: one pass for label counts and channel statistics",
-                 self.name, self.split)
-        labels = super().metadata()["labels"]
-        mean, std = SplitSource.channel_statistics(self)
-        values, counts = np.unique(labels, return_counts=True)
-        stats = {"mean": mean.tolist(), "std": std.tolist(),
-                 "label_counts": {str(int(v)): int(c)
-                                  for v, c in zip(values, counts)}}
+        value = compute()
         try:
-            io_lib.write_json_atomically(path, stats)
+            io_lib.write_json_atomically(path, value)
         except OSError as error:  # a read-only data_dir: not cached
-            log.warning("could not cache statistics at %s: %s", path, error)
-        return stats
+            log.warning("could not cache %s at %s: %s", kind, path, error)
+        return value
+
+    def num_records(self):
+        try:
+            count = int(self.builder.info.splits[self.split].num_examples)
+        except (KeyError, TypeError):  # unknown (mocked builders)
+            return int(sum(self.label_counts().values()))
+        return count if self.limit is None else min(count, self.limit)
 
     def label_counts(self):
+        """One pass over the labels (images skipped), cached."""
+
+        def count():
+            log.info("%s %s: one pass over the labels", self.name,
+                     self.split)
+            values, counts = np.unique(super(TfdsSource, self).metadata()
+                                       ["labels"], return_counts=True)
+            return {str(int(v)): int(c) for v, c in zip(values, counts)}
+
         return {int(k): int(v)
-                for k, v in self._statistics()["label_counts"].items()}
+                for k, v in self._cached("label_counts", count).items()}
 
     def channel_statistics(self):
-        stats = self._statistics()
+        """Mean and std of the first `STATISTICS_SAMPLE` images (in the
+        builder's file order, which tfds shuffled when it prepared the
+        data), cached."""
+
+        def compute():
+            log.info("%s %s: channel statistics of the first %d images",
+                     self.name, self.split, STATISTICS_SAMPLE)
+            mean, std = streaming_channel_statistics(
+                self.examples().take(STATISTICS_SAMPLE))
+            return {"mean": mean.tolist(), "std": std.tolist(),
+                    "images": STATISTICS_SAMPLE}
+
+        stats = self._cached("channels", compute)
         return (np.asarray(stats["mean"], np.float32),
                 np.asarray(stats["std"], np.float32))
 

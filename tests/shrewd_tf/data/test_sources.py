@@ -205,12 +205,16 @@ def test_tfds_source_streams_and_caches_its_statistics(tmp_path):
         images, labels, _ = collect(source.examples())
         assert images.shape == (6, 16, 16, 3) and len(labels) == 6
         mean, std = source.channel_statistics()
+        assert source.num_records() == 6  # a label pass (mocks lack info)
         cache = tmp_path / sources.TFDS_STATISTICS_DIR
-        assert [p.name for p in cache.iterdir()] == [
-            "cifar100-train-16x16x3.json"]
+        assert sorted(p.name for p in cache.iterdir()) == [
+            "cifar100-train-16x16x3-channels.json",
+            "cifar100-train-16x16x3-label_counts.json"]
+        assert sources.TfdsSource(
+            "cifar100", "train", str(tmp_path), (16, 16, 3)
+        ).channel_statistics()[0].tolist() == mean.tolist()  # cached
         np.testing.assert_allclose(
             mean, images.reshape(-1, 3).astype(np.float64).mean(0), rtol=1e-5)
-        assert source.num_records() == 6
         halves = [
             collect(source.examples(
                 input_context=tf.distribute.InputContext(2, i, 2),
