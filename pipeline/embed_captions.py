@@ -10,8 +10,10 @@ embeddings) and a `dataset_info.json` copied from the input with
 kept in input order; ids, images, labels and captions are kept.
 
 The output is staged and swapped in only when the pipeline succeeded, so a
-failed run leaves an existing `--output-dir` as it was (local paths; see
-`pipeline.outputs`). `--output-dir` may equal `--input-dir`.
+failed run leaves an existing `--output-dir` as it was (see
+`pipeline.outputs`). `--output-dir` may equal `--input-dir`. Both may be
+local paths or any `scheme://` Beam's `FileSystems` knows (`gs://`,
+`s3://`, ...): the job reads and writes through Beam only.
 
 Run:
     python -m pipeline.embed_captions --input-dir data/coco \\
@@ -73,7 +75,7 @@ class EmbedCaptionsResult:
     """What an `embed_captions` run wrote.
 
     Attributes:
-        output_dir: the committed directory (absolute).
+        output_dir: the committed directory (absolute when local).
         splits: {split: records written}.
         dead_letters: {stage: rejected records}.
         embedding_dim: embedding width, None when no caption was embedded.
@@ -215,7 +217,7 @@ def run(options, test_pipeline=None, model_handler=None):
             "run() takes EmbedCaptionsOptions (main() parses a command "
             f"line). Received: {type(options).__name__}"
         )
-    info = data.DatasetInfo.load(options.input_dir)
+    info = outputs.load_dataset_info(options.input_dir)
     handler = model_handler or embeddings.SentenceEncoderModelHandler(
         options.text_encoder, max_batch_size=options.max_batch_size
     )
@@ -243,7 +245,7 @@ def run(options, test_pipeline=None, model_handler=None):
         new_info = dataclasses.replace(
             info, splits=counts, embedding_dim=dim, text_encoder=encoder_name
         )
-        new_info.save(staged.path)
+        outputs.save_dataset_info(new_info, staged.path)
         staged.commit()
     letters = dead_letters.dead_letter_counts(result)
     if dim is None:
@@ -252,7 +254,7 @@ def run(options, test_pipeline=None, model_handler=None):
     log.info("wrote %s: %s, dead letters %s", options.output_dir, counts,
              letters)
     return EmbedCaptionsResult(
-        output_dir=os.path.abspath(options.output_dir),
+        output_dir=outputs.output_path(options.output_dir),
         splits=counts,
         dead_letters=letters,
         embedding_dim=dim,

@@ -7,14 +7,15 @@ a TFRecord directory (`dataset_info.json` class names, mapped to synsets by
 a `name synset` file, by the curated synsets when the records were made
 from a known dataset, or taken as synset names such as `dog.n.01`).
 `resolve_classes` returns them as a `ClassList`; `check_synsets` checks the
-synsets against WordNet before any pipeline is built.
+synsets against WordNet before any pipeline is built. The directory and the
+synsets file may be local or on any file system Beam's `FileSystems`
+knows (`gs://`, ...).
 """
 
 import dataclasses
-import os
 
+from pipeline import outputs
 from shrewd_tf.data import class_semantics
-from shrewd_tf.data import records as data
 from shrewd_tf.semantics import class_synsets
 
 
@@ -56,23 +57,23 @@ def read_synsets_file(path):
         ValueError: a line with one field or a name given twice.
     """
     by_name = {}
-    with open(path, encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip() or line.lstrip().startswith("#"):
-                continue
-            fields = line.rstrip("\n").rsplit(None, 1)
-            if len(fields) != 2:
-                raise ValueError(
-                    f"{path}:{number}: expected 'name synset'. Received: "
-                    f"{line.rstrip()!r}"
-                )
-            name, synset = fields[0].strip(), fields[1]
-            if name in by_name and by_name[name] != synset:
-                raise ValueError(
-                    f"{path}:{number}: class {name!r} has two synsets. "
-                    f"Received: {by_name[name]!r} and {synset!r}"
-                )
-            by_name[name] = synset
+    lines = outputs.read_text(path).splitlines()
+    for number, line in enumerate(lines, 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        fields = line.rsplit(None, 1)
+        if len(fields) != 2:
+            raise ValueError(
+                f"{path}:{number}: expected 'name synset'. Received: "
+                f"{line.rstrip()!r}"
+            )
+        name, synset = fields[0].strip(), fields[1]
+        if name in by_name and by_name[name] != synset:
+            raise ValueError(
+                f"{path}:{number}: class {name!r} has two synsets. "
+                f"Received: {by_name[name]!r} and {synset!r}"
+            )
+        by_name[name] = synset
     return by_name
 
 
@@ -105,7 +106,7 @@ def resolve_classes(dataset=None, tfrecord_dir=None, synsets_file=None,
                    if need_synsets else None)
         return ClassList(tuple(names), synsets and tuple(synsets),
                          f"dataset:{dataset}")
-    info = data.DatasetInfo.load(tfrecord_dir)
+    info = outputs.load_dataset_info(tfrecord_dir)
     names = list(info.class_names)
     if not names:
         raise ValueError(
@@ -135,7 +136,7 @@ def resolve_classes(dataset=None, tfrecord_dir=None, synsets_file=None,
                 f"synsets_file={synsets_file!r}"
             )
         synsets = tuple(synsets)
-    return ClassList(tuple(names), synsets, os.path.abspath(tfrecord_dir))
+    return ClassList(tuple(names), synsets, outputs.output_path(tfrecord_dir))
 
 
 def check_synsets(synsets, wordnet, nouns_only):

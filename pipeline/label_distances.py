@@ -28,7 +28,9 @@ embeddings reach the row blocks as a side input. The blocks are assembled
 into one matrix, written to a temporary file and renamed to `<output>.npy`
 when the pipeline has succeeded; `<output>.json` (class names, synsets,
 kind, text encoder, ...) is then written atomically. A failed run leaves
-existing outputs as they were. Local output paths only.
+existing outputs as they were. `--output` may be local or on any file
+system Beam's `FileSystems` knows (`gs://`, `s3://`, ...): the worker
+writes the matrix through `FileSystems`, the driver checks and renames it.
 
 Run:
     python -m pipeline.label_distances --kind wup --dataset cifar100 \\
@@ -49,22 +51,28 @@ semantics stage calls it); `main(argv)` parses the flags into the options.
 
 import argparse
 import dataclasses
+import io
+import json
 import logging
 import os
 import tempfile
+import uuid
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline import embeddings
 from pipeline import label_classes
+from pipeline import outputs
 from pipeline.class_distance_matrix import KINDS
 from pipeline.class_distance_matrix import ClassDistanceMatrix
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import options_from_argv
 from pipeline.options import pipeline_options
 from shrewd_tf.data import class_semantics
-from shrewd_tf.io import write_json_atomically
+from shrewd_tf import io as io_lib
 from shrewd_tf.semantics import class_synsets
 from shrewd_tf.semantics import distances as semantics
 
@@ -176,7 +184,7 @@ def parse_options(argv=None):
 def output_paths(output):
     """`<output>.npy`, `<output>.json` (a trailing `.npy` is dropped)."""
     prefix = output[:-4] if output.endswith(".npy") else output
-    prefix = os.path.abspath(prefix)
+    prefix = outputs.output_path(prefix)
     return prefix + ".npy", prefix + ".json"
 
 
@@ -248,7 +256,8 @@ def kind_inputs(options, classes, wordnet, model_handler=None):
             if options.class_ids_file else list(classes.names)
         )
         metadata.update(node_ids=node_ids,
-                        hierarchy_file=os.path.abspath(options.hierarchy_file))
+                        hierarchy_file=outputs.output_path(
+                            options.hierarchy_file))
         return dict(edges=edges, node_ids=node_ids), metadata
     handler = model_handler or embeddings.SentenceEncoderModelHandler(
         options.text_encoder)
@@ -261,9 +270,30 @@ def kind_inputs(options, classes, wordnet, model_handler=None):
 
 
 def save_npy(matrix, path):
-    """Writes `matrix` to `path` (a temporary name chosen by the driver)."""
-    with open(path, "wb") as f:
-        np.save(f, matrix)
+    """Writes `matrix` to `path` (a temporary name chosen by the driver).
+
+    Runs on a worker, so it writes through Beam's `FileSystems` (a local
+    path there is the driver's only with a local runner).
+    """
+    buffer = io.BytesIO()
+    np.save(buffer, matrix)
+    with FileSystems.create(
+        path, compression_type=CompressionTypes.UNCOMPRESSED
+    ) as f:
+        f.write(buffer.getvalue())
+    return path
+
+
+def _staging_npy(npy_path):
+    """A new temporary name beside `npy_path` (created empty if local)."""
+    if not io_lib.is_local(npy_path):
+        parent, name = npy_path.rsplit("/", 1)
+        return f"{parent}/.tmp-{name}-{uuid.uuid4().hex[:12]}.npy"
+    os.makedirs(os.path.dirname(npy_path), exist_ok=True)
+    fd, path = tempfile.mkstemp(
+        dir=os.path.dirname(npy_path),
+        prefix=f".tmp-{os.path.basename(npy_path)}-", suffix=".npy")
+    os.close(fd)
     return path
 
 
@@ -284,11 +314,7 @@ def write_matrix(pipeline, matrix_transform, npy_path, num_classes):
         RuntimeError: the pipeline did not finish, or a matrix of another
             shape.
     """
-    os.makedirs(os.path.dirname(npy_path), exist_ok=True)
-    fd, staging_npy = tempfile.mkstemp(
-        dir=os.path.dirname(npy_path),
-        prefix=f".tmp-{os.path.basename(npy_path)}-", suffix=".npy")
-    os.close(fd)
+    staging_npy = _staging_npy(npy_path)
     try:
         _ = (
             pipeline
@@ -301,16 +327,19 @@ def write_matrix(pipeline, matrix_transform, npy_path, num_classes):
                 f"The pipeline did not finish; {npy_path} is untouched. "
                 f"Received: state={state}"
             )
-        matrix = np.load(staging_npy)  # fails on an empty (unwritten) file
+        # np.load fails on an empty (unwritten) file.
+        matrix = np.load(io.BytesIO(outputs.read_bytes(staging_npy)))
         if matrix.shape != (num_classes, num_classes):
             raise RuntimeError(
                 f"Expected a [{num_classes}, {num_classes}] matrix. "
                 f"Received: shape={matrix.shape}"
             )
-        os.replace(staging_npy, npy_path)
+        if io_lib.is_local(npy_path):
+            os.replace(staging_npy, npy_path)
+        else:
+            FileSystems.rename([staging_npy], [npy_path])
     finally:
-        if os.path.exists(staging_npy):
-            os.unlink(staging_npy)
+        outputs.delete_tree(staging_npy)
 
 
 def run(options, test_pipeline=None, model_handler=None):
@@ -348,7 +377,8 @@ def run(options, test_pipeline=None, model_handler=None):
         ClassDistanceMatrix(kind, num_classes, options.rows_per_block,
                             **transform_args),
         npy_path, num_classes)
-    write_json_atomically(json_path, metadata, sort_keys=True)
+    outputs.write_bytes(json_path, (
+        json.dumps(metadata, indent=2, sort_keys=True) + "\n").encode())
     log.info("wrote %s and %s (%d classes, %s)", npy_path, json_path,
              num_classes, kind)
     return LabelDistancesResult(

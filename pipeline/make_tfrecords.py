@@ -28,12 +28,16 @@ unless `--keep-image-bytes`: then files are stored as they are (training's
 another channel count are rejected. Images smaller than
 `--min-image-size` (default 8,8) are rejected.
 
-Output (`--output-dir`, swapped in whole on success, see
+Output (`--output-dir`, a local path or any `scheme://` Beam's
+`FileSystems` knows, e.g. `gs://`; moved into place on success, see
 `pipeline.outputs.StagedOutputDir`): `<split>-SSSSS-of-NNNNN.tfrecord`
 shards (`data.shard_count` of about `--records-per-shard` records),
 `dead_letters-00000-of-00001.jsonl` (one JSON object per rejected element:
 id, stage, reason) and `dataset_info.json` (`data.DatasetInfo`; split counts
-are the records actually written). Other flags go to Beam (`--runner`, ...).
+are the records actually written; `statistics` holds each split's
+per-channel pixel mean and std and records per label, combined in the same
+pipeline by `transforms.SplitStatistics`). Other flags go to Beam
+(`--runner`, ...).
 
 `run(MakeTFRecordsOptions(...))` is the typed entry point (the pipeline's
 example_gen stage calls it); `main(argv)` parses the flags into the options.
@@ -42,13 +46,14 @@ example_gen stage calls it); `main(argv)` parses the flags into the options.
 
 import argparse
 import dataclasses
-import glob
+import json
 import logging
 import os
 import sys
 
 import apache_beam as beam
 
+from pipeline import outputs
 from pipeline import transforms
 from pipeline.dead_letters import WriteDeadLetters
 from pipeline.dead_letters import dead_letter_counts
@@ -65,6 +70,9 @@ from shrewd_tf.data import records as data
 log = logging.getLogger(__name__)
 
 DEAD_LETTERS_PREFIX = "dead_letters"
+# Per-split statistics, written by the pipeline into the staging
+# directory, read into dataset_info.json and deleted before the commit.
+STATISTICS_FILE = ".statistics.jsonl"
 DEFAULT_RECORDS_PER_SHARD = 10_000
 DEFAULT_TEST_FRACTION = 0.1
 
@@ -206,6 +214,13 @@ def _summary(result):
             f"records {splits}; dead letters {dead}")
 
 
+def _read_statistics(path):
+    """{split: statistics} from the job's JSON lines (then deleted)."""
+    lines = outputs.read_bytes(path).decode("utf-8").splitlines()
+    outputs.delete_tree(path)
+    return {split: stats for split, stats in map(json.loads, lines)}
+
+
 def run(options, test_pipeline=None):
     """Runs the job; see the module docstring for the flags.
 
@@ -227,12 +242,6 @@ def run(options, test_pipeline=None):
             "run() takes MakeTFRecordsOptions (main() parses a command "
             f"line). Received: {type(options).__name__}"
         )
-    if "://" in options.output_dir:
-        raise ValueError(
-            "--output-dir must be a local or mounted shared path: the "
-            "output is swapped in with a rename. Received: "
-            f"--output-dir={options.output_dir!r}"
-        )
     if options.records_per_shard < 1:
         raise ValueError(
             "--records-per-shard must be positive. Received: "
@@ -250,6 +259,7 @@ def run(options, test_pipeline=None):
             options=pipeline_options(options.beam_args)
         )
         per_split, dead_letters = plan.build(pipeline)
+        keyed = []
         for split, records in per_split.items():
             records, rejected = records | f"{split}/Validate" >> (
                 transforms.ValidateRecords())
@@ -258,6 +268,17 @@ def run(options, test_pipeline=None):
                 plan.counts[split], options.records_per_shard)
             _ = records | f"{split}/Write" >> WriteTFRecords(
                 staged.path, split, num_shards)
+            keyed.append(records | f"{split}/KeyBySplit" >> beam.Map(
+                lambda record, name: (name, record), split))
+        statistics_path = os.path.join(staged.path, STATISTICS_FILE)
+        _ = (
+            tuple(keyed)
+            | "AllSplits" >> beam.Flatten(pipeline=pipeline)
+            | "Statistics" >> transforms.SplitStatistics(plan.image_shape)
+            | "StatisticsToJSON" >> beam.Map(json.dumps)
+            | "WriteStatistics" >> beam.io.WriteToText(
+                statistics_path, num_shards=1, shard_name_template="")
+        )
         _ = (
             tuple(dead_letters)
             | "AllDeadLetters" >> beam.Flatten(pipeline=pipeline)
@@ -277,16 +298,19 @@ def run(options, test_pipeline=None):
             class_names=plan.class_names,
             splits=counts,
             source=plan.source,
+            statistics=_read_statistics(statistics_path),
         )
-        info.save(staged.path)
+        outputs.save_dataset_info(info, staged.path)
         staged.commit()
     result = MakeTFRecordsResult(
         output_dir=staged.target,
         splits=counts,
         dead_letters=dead_letter_counts(pipeline_result),
         info=info,
-        dead_letter_files=tuple(sorted(glob.glob(os.path.join(
-            staged.target, f"{DEAD_LETTERS_PREFIX}-*")))),
+        dead_letter_files=tuple(
+            path for path in outputs.list_files(staged.target)
+            if os.path.basename(path).startswith(f"{DEAD_LETTERS_PREFIX}-")
+        ),
     )
     for split, count in counts.items():
         if count == 0:

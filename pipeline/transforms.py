@@ -4,6 +4,7 @@ Steps that can reject an element return `(good, dead_letters)` (the
 convention of `pipeline.dead_letters`; each rejection is counted in
 `shrewd/dead_letters_<stage>`): `PrepareImages`, `ValidateRecords`.
 `SplitByIdHash` cuts one collection into train/test by a hash of the id.
+`SplitStatistics` combines each split's pixel and label statistics.
 The readers that make records are in `pipeline.dataset_readers`
 (Fashion-MNIST, TFDS) and `pipeline.image_folder_reader` (a captions file).
 
@@ -16,10 +17,12 @@ import dataclasses
 import hashlib
 
 import apache_beam as beam
+import numpy as np
 
 from pipeline.dead_letters import DEAD_LETTER_TAG
 from pipeline.dead_letters import dead_letter
 from shrewd_tf.data import image_folder
+from shrewd_tf.data import preprocess
 from shrewd_tf.data import records as data
 
 # Images smaller than this (h, w) are rejected by the readers and jobs.
@@ -126,3 +129,69 @@ class SplitByIdHash(beam.PTransform):
             lambda record, _: int(id_hash_fraction(record.id) < fraction), 2
         )
         return parts[0], parts[1]
+
+
+class _StatisticsFn(beam.CombineFn):
+    """Records -> per-channel pixel sums (float64) and records per label.
+
+    The accumulator is `(pixels per channel, sum [C], sum of squares [C],
+    {label: records})`; the sums are of the image `preprocess_image` makes
+    at `image_shape` (uint8 pixel units), what training reads.
+    """
+
+    def __init__(self, image_shape):
+        self.image_shape = tuple(image_shape)
+
+    def create_accumulator(self):
+        channels = self.image_shape[2]
+        return 0, np.zeros(channels), np.zeros(channels), {}
+
+    def add_input(self, accumulator, record):
+        pixels_seen, total, squares, labels = accumulator
+        image = preprocess.preprocess_image(
+            record.image, self.image_shape).numpy()
+        pixels = image.reshape(-1, self.image_shape[2]).astype(np.float64)
+        label = str(int(record.label))
+        labels[label] = labels.get(label, 0) + 1
+        return (pixels_seen + pixels.shape[0], total + pixels.sum(0),
+                squares + np.square(pixels).sum(0), labels)
+
+    def merge_accumulators(self, accumulators):
+        pixels_seen, total, squares, labels = self.create_accumulator()
+        for seen, part_total, part_squares, part_labels in accumulators:
+            pixels_seen += seen
+            total = total + part_total
+            squares = squares + part_squares
+            for label, count in part_labels.items():
+                labels[label] = labels.get(label, 0) + count
+        return pixels_seen, total, squares, labels
+
+    def extract_output(self, accumulator):
+        pixels_seen, total, squares, labels = accumulator
+        mean = total / max(pixels_seen, 1)
+        variance = np.maximum(squares / max(pixels_seen, 1) - mean**2, 0.0)
+        return {
+            "mean": [float(v) for v in mean],
+            "std": [float(v) for v in np.sqrt(variance)],
+            "label_counts": dict(sorted(labels.items())),
+        }
+
+
+class SplitStatistics(beam.PTransform):
+    """`(split, ImageRecord)` -> `(split, statistics)`, one per split.
+
+    The statistics are `data.DatasetInfo.statistics[split]`: per-channel
+    pixel mean and population std of the images after
+    `preprocess.preprocess_image(image, image_shape)` (uint8 pixel units,
+    float64 sums) and the records per label (`"-1"` for unlabelled ones).
+    One `CombinePerKey`, so workers add up partial sums and one merge per
+    split makes the result (no second pass over the data).
+    """
+
+    def __init__(self, image_shape):
+        super().__init__()
+        self.image_shape = tuple(image_shape)
+
+    def expand(self, keyed_records):
+        return keyed_records | "CombinePerSplit" >> beam.CombinePerKey(
+            _StatisticsFn(self.image_shape))
