@@ -39,6 +39,14 @@ setuptools.setup(
         include=["shrewd_tf*", "pipeline*", "serving*"]
     ),
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest>=8", "pytest-timeout"]},
+    extras_require={
+        "test": ["pytest>=8", "pytest-timeout"],
+        # Remote storage for the Beam jobs (docs/pipeline.md): gs:// and
+        # DataflowRunner; s3://. TensorFlow reads gs:// itself; for s3://
+        # it needs tensorflow-io, installed by hand in the version built
+        # for the pinned TensorFlow.
+        "gcp": ["apache-beam[gcp,tfrecord]"],
+        "aws": ["apache-beam[aws,tfrecord]"],
+    },
     entry_points={"console_scripts": ["shrewd=shrewd_tf.cli:main"]},
 )

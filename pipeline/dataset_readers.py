@@ -17,6 +17,7 @@ import os
 
 import apache_beam as beam
 
+from shrewd_tf import io as io_lib
 from shrewd_tf.data import records as data
 from shrewd_tf.data import tfds_sources as datasets
 
@@ -218,7 +219,7 @@ class ReadTfdsSplit(beam.PTransform):
                  image_key="image", label_key="label",
                  chunk_size=TFDS_CHUNK_SIZE):
         super().__init__()
-        if data_dir is None or not os.path.isdir(data_dir):
+        if data_dir is None or not io_lib.isdir(data_dir):
             raise FileNotFoundError(
                 f"TFDS data_dir {data_dir!r} does not exist. Prepare the "
                 f"dataset there first (`tfds build {name} --data_dir=DIR`); "

@@ -14,11 +14,11 @@ one renamed into place (`os.replace`, atomic) and the old one deleted.
 Other paths (`gs://`, `s3://`, `hdfs://`, any scheme Beam knows) go through
 Beam's `FileSystems`, so the job runs the same on Dataflow, Flink or Spark:
 the staging prefix is filled by the pipeline, then the files of the old
-output are deleted and the staged ones renamed file by file
-(`FileSystems.rename`; on object stores a copy then a delete). Each file
-appears whole, but a reader listing the directory during `commit()` may see
-part of the new output; readers that must never do so should read a fresh
-prefix per run (see docs/pipeline.md).
+output are deleted (`dataset_info.json` first) and the staged ones renamed
+file by file (`FileSystems.rename`; on object stores a copy then a delete),
+`dataset_info.json` last. Each file appears whole, but a reader listing the
+directory during `commit()` may see part of the new output; readers that
+must never do so should read a fresh prefix per run (see docs/pipeline.md).
 """
 
 import logging
@@ -177,16 +177,24 @@ class StagedOutputDir:
         log.info("wrote %s", self.target)
 
     def _commit_remote(self):
-        staged = list_files(self.path)
+        # `dataset_info.json` goes first and comes back last: a reader
+        # that finds it finds the whole new output.
+        info = FileSystems.join(self.target, data.INFO_FILE)
+        if FileSystems.exists(info):
+            FileSystems.delete([info])
         delete_tree(self.target)
         FileSystems.mkdirs(self.target)
         prefix = self.path.rstrip("/") + "/"
-        if staged:
-            FileSystems.rename(
-                staged,
-                [FileSystems.join(self.target, p[len(prefix):])
-                 for p in staged],
-            )
+        staged = sorted(
+            list_files(self.path),
+            key=lambda p: (p[len(prefix):] == data.INFO_FILE, p))
+        for batch in (staged[:-1], staged[-1:]):
+            if batch:
+                FileSystems.rename(
+                    batch,
+                    [FileSystems.join(self.target, p[len(prefix):])
+                     for p in batch],
+                )
         self.committed = True
         delete_tree(self.path)
         log.info("wrote %s", self.target)

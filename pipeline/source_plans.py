@@ -20,6 +20,7 @@ Example:
 import dataclasses
 import re
 
+from pipeline import outputs
 from pipeline import transforms
 from pipeline.dataset_readers import ReadFashionMNIST
 from pipeline.dataset_readers import ReadTfdsSplit
@@ -166,8 +167,8 @@ def _captions_plan(options, splits, captions_file):
         )
     class_names = None
     if options.class_names_file:
-        with open(options.class_names_file, encoding="utf-8") as f:
-            class_names = [line.strip() for line in f if line.strip()]
+        lines = outputs.read_text(options.class_names_file).splitlines()
+        class_names = [line.strip() for line in lines if line.strip()]
     image_shape = _image_shape(options, (None, None, 3))
     read = ReadImageFolder(
         captions_file,

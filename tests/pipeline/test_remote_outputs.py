@@ -178,3 +178,25 @@ def test_synsets_file_on_memfs():
     outputs.write_bytes(path, b"# name synset\nhouse cat domestic_cat.n.01\n")
     assert label_classes.read_synsets_file(path) == {
         "house cat": "domestic_cat.n.01"}
+
+
+def test_remote_commit_moves_dataset_info_last(monkeypatch):
+    target = beam_filesystem.fresh_root() + "/out"
+    outputs.write_bytes(f"{target}/{data.INFO_FILE}", b"old")
+    outputs.write_bytes(target + "/train-00000-of-00001.tfrecord", b"old")
+    moved = []
+    rename = outputs.FileSystems.rename
+
+    def recording_rename(sources, destinations):
+        seen = beam_filesystem.paths(target + "/")
+        moved.append(([d.rsplit("/", 1)[1] for d in destinations], seen))
+        return rename(sources, destinations)
+
+    monkeypatch.setattr(outputs.FileSystems, "rename", recording_rename)
+    with outputs.StagedOutputDir(target) as staged:
+        for name in ("a.jsonl", data.INFO_FILE, "z.tfrecord"):
+            outputs.write_bytes(f"{staged.path}/{name}", b"new")
+        staged.commit()
+    assert moved == [(["a.jsonl", "z.tfrecord"], []),
+                     ([data.INFO_FILE], [target + "/a.jsonl",
+                                         target + "/z.tfrecord"])]

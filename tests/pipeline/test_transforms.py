@@ -11,6 +11,7 @@ from apache_beam.testing.util import assert_that
 from apache_beam.testing.util import equal_to
 
 from pipeline import transforms
+from shrewd_tf.data import preprocess
 from shrewd_tf.data import records as data
 from tests.support.image_sources import decode
 from tests.support.image_sources import pixels
@@ -77,3 +78,41 @@ def test_split_by_id_hash_matches_a_hex_reference():
                     label="Train")
     with pytest.raises(ValueError, match="test_fraction=1.5"):
         transforms.SplitByIdHash(1.5)
+
+
+def test_split_statistics_match_numpy():
+    rng = np.random.default_rng(3)
+    shape = (8, 8, 3)
+    exact = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(5)]
+    large = [rng.integers(0, 256, (16, 12, 3), dtype=np.uint8)
+             for _ in range(4)]
+    labels = {"a": [0, 2, 2, -1, 0], "b": [1, 1, 1, 5]}
+    keyed = [
+        (split, data.ImageRecord(id=f"{split}{i}", label=label,
+                                 image=data.encode_png(image)))
+        for split, images in (("a", exact), ("b", large))
+        for i, (image, label) in enumerate(zip(images, labels[split]))
+    ]
+    # Split "a" is already at `shape` (preprocessing is the identity);
+    # split "b" is resized by the one preprocessing function first.
+    stored = {"a": np.stack(exact), "b": np.stack([
+        preprocess.preprocess_image(data.encode_png(i), shape).numpy()
+        for i in large])}
+    assert stored["b"].shape == (4, 8, 8, 3)
+    with make_pipeline() as pipeline:
+        stats = (pipeline | beam.Create(keyed)
+                 | transforms.SplitStatistics(shape))
+        assert_that(stats | beam.Map(lambda kv: kv[0]), equal_to(["a", "b"]))
+
+        def check(pairs):
+            for split, got in pairs:
+                pixels_ = stored[split].reshape(-1, 3).astype(np.float64)
+                np.testing.assert_allclose(got["mean"], pixels_.mean(0),
+                                           rtol=1e-12)
+                np.testing.assert_allclose(got["std"], pixels_.std(0),
+                                           rtol=1e-9)
+                values, counts = np.unique(labels[split], return_counts=True)
+                assert got["label_counts"] == {
+                    str(v): int(n) for v, n in zip(values, counts)}
+
+        assert_that(stats, check, label="Values")
