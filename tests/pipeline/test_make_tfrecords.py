@@ -114,6 +114,8 @@ def test_fashion_mnist_job_multi_processing_with_resize(tmp_path):
         expected = reference_halving(np.repeat(images[i][..., None], 3, -1))
         got = records[f"test/{i:05d}"][0].astype(np.int64)
         assert np.abs(got - expected).max() <= 1
+    # Partial sums from two worker processes, merged by the combine.
+    assert_statistics_match_records(result.info, result.output_dir, "test")
 
 
 def hash_fraction(record_id):
@@ -139,6 +141,8 @@ def test_captions_job_with_dead_letters(tmp_path):
     info = data.DatasetInfo.load(result.output_dir)
     assert (info.source, info.class_names, info.image_shape) == (
         "captions", CLASS_NAMES, (8, 8, 3))
+    for split in ("train", "test"):
+        assert_statistics_match_records(info, result.output_dir, split)
 
     found = {}
     for split in ("train", "test"):
