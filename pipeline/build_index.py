@@ -30,9 +30,12 @@ nlist > N, which fail at the build and leave the old output).
 
 Scale: the encoding runs on any Beam runner, but the staging and swap of
 `codes/` use local paths (`pipeline.outputs`), so `--output-dir` must be
-on a file system the workers share. The index build is one process holding
-the float codes two to three times over (4 d bytes each: read, sorted, and
-kept by the binary index when re-ranking): about 8 GB for 10M 64-d codes.
+on a file system the workers share. The index build is one process that
+streams the codes shards in chunks
+(`shrewd_tf.retrieval.builder.build_indexes_from_shards`): the binary index
+without re-ranking holds d / 8 bytes per code (twice while sorting) plus one
+chunk; ScaNN or re-ranking add one float32 copy (4 d bytes per code). The
+measured peaks are in docs/serving.md.
 """
 
 import argparse
@@ -57,6 +60,7 @@ from pipeline.dead_letters import read_dead_letters
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import pipeline_options
 from pipeline.outputs import StagedOutputDir
+from shrewd_tf import io as shrewd_io
 from shrewd_tf.data import records as data
 from shrewd_tf.io import write_text_atomically
 from shrewd_tf.retrieval import builder as index_builder
@@ -240,19 +244,25 @@ def run(options, test_pipeline=None):
                 f"letters: {dead_letters}; first: {letters[:3]}"
             )
 
-        ids, codes, metadata = index_builder.read_codes(staged.path)
-        index_dirs = index_builder.build_indexes(
-            codes, ids, options.output_dir, metadata=metadata, **index_args
+        # Streamed from the shards: never the whole float codes matrix
+        # for the binary index (retrieval.builder.build_indexes_from_shards).
+        built = index_builder.build_indexes_from_shards(
+            staged.path, options.output_dir, **index_args
         )
+        index_dirs = built.directories
         codes_info = {
             "format_version": CODES_INFO_VERSION,
-            "tfrecord_dir": os.path.abspath(options.tfrecord_dir),
+            "tfrecord_dir": (
+                os.path.abspath(options.tfrecord_dir)
+                if shrewd_io.is_local(options.tfrecord_dir)
+                else options.tfrecord_dir
+            ),
             "split": options.split,
             "saved_model_dir": encode.saved_model_dir,
             "signature": options.signature,
             "output_key": options.output_key,
-            "count": int(len(ids)),
-            "code_dim": int(codes.shape[1]),
+            "count": built.count,
+            "code_dim": built.code_dim,
             "dead_letters": dead_letters,
             "indexes": sorted(index_dirs),
         }
@@ -263,13 +273,13 @@ def run(options, test_pipeline=None):
         staged.commit()
     log.info(
         "indexed %d codes of %s/%s; dead letters %s",
-        len(ids), options.tfrecord_dir, options.split, dead_letters,
+        built.count, options.tfrecord_dir, options.split, dead_letters,
     )
     return BuildIndexResult(
         output_dir=options.output_dir,
         saved_model_dir=encode.saved_model_dir,
-        num_codes=int(len(ids)),
-        code_dim=int(codes.shape[1]),
+        num_codes=built.count,
+        code_dim=built.code_dim,
         dead_letters=dead_letters,
         index_dirs=index_dirs,
     )

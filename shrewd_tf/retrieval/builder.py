@@ -29,7 +29,7 @@ Example:
     index = load_index("indexes/fmnist/binary")
 """
 
-import glob
+import dataclasses
 import json
 import logging
 import os
@@ -37,17 +37,38 @@ import os
 import numpy as np
 
 from shrewd_tf import contract
+from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.retrieval.base import index_class
+from shrewd_tf.retrieval.code_shards import CODE_FEATURE
+from shrewd_tf.retrieval.code_shards import CODES_PREFIX
+from shrewd_tf.retrieval.code_shards import DEFAULT_CHUNK_SIZE
+from shrewd_tf.retrieval.code_shards import METADATA_COLUMNS
+from shrewd_tf.retrieval.code_shards import TEXT_COLUMNS
+from shrewd_tf.retrieval.code_shards import code_dim
+from shrewd_tf.retrieval.code_shards import code_example
+from shrewd_tf.retrieval.code_shards import code_files
+from shrewd_tf.retrieval.code_shards import decode_text
+from shrewd_tf.retrieval.code_shards import iter_code_chunks
+from shrewd_tf.retrieval.code_shards import read_codes
 from shrewd_tf.retrieval.files import MANIFEST_FILE
 
 log = logging.getLogger(__name__)
 
 INDEX_KINDS = contract.INDEX_KINDS
 CODES_DIR = "codes"
-CODES_PREFIX = "codes"
 CODES_INFO_FILE = "codes_info.json"
-# A codes shard keeps the model's code output under the same name.
-CODE_FEATURE = contract.CODE_OUTPUT
+__all__ = [
+    "CODE_FEATURE",
+    "CODES_PREFIX",
+    "build_index_from_codes",
+    "build_indexes",
+    "build_indexes_from_shards",
+    "code_example",
+    "code_files",
+    "new_indexes",
+    "read_codes",
+    "read_codes_info",
+]
 
 
 def parse_kinds(kinds):
@@ -70,110 +91,14 @@ def parse_kinds(kinds):
 # === Codes files ===
 
 
-def code_example(record_id, code, metadata):
-    """One database code as a serialized `tf.train.Example`.
-
-    Args:
-        record_id: the record id (str).
-        code: float32 [d].
-        metadata: {"label": int, "label_name", "caption", "image_uri": str}.
-
-    Returns:
-        bytes.
-    """
-    import tensorflow as tf
-
-    def text(value):
-        return tf.train.Feature(
-            bytes_list=tf.train.BytesList(value=[value.encode("utf-8")])
-        )
-
-    feature = {
-        "id": text(record_id),
-        CODE_FEATURE: tf.train.Feature(
-            float_list=tf.train.FloatList(
-                value=np.asarray(code, np.float32).tolist()
-            )
-        ),
-        "label": tf.train.Feature(
-            int64_list=tf.train.Int64List(value=[int(metadata["label"])])
-        ),
-        "label_name": text(metadata["label_name"]),
-        "caption": text(metadata["caption"]),
-        "image_uri": text(metadata["image_uri"]),
-    }
-    example = tf.train.Example(features=tf.train.Features(feature=feature))
-    return example.SerializeToString()
-
-
-def code_files(codes_dir):
-    """The sorted codes shards in `codes_dir`."""
-    return sorted(
-        glob.glob(os.path.join(codes_dir, f"{CODES_PREFIX}-*-of-*.tfrecord"))
-    )
-
-
-def read_codes(codes_dir, batch_size=8192):
-    """Reads the codes shards of `codes_dir`, sorted by id.
-
-    Returns:
-        (ids str [N], codes float32 [N, d], metadata {column: list [N]}).
-
-    Raises:
-        FileNotFoundError: no codes shards in `codes_dir`.
-        ValueError: codes of different lengths, or duplicate ids.
-    """
-    import tensorflow as tf
-
-    files = code_files(codes_dir)
-    if not files:
-        raise FileNotFoundError(
-            f"No codes shards ({CODES_PREFIX}-*-of-*.tfrecord) in "
-            f"{codes_dir!r}"
-        )
-    first = next(iter(tf.data.TFRecordDataset(files).take(1)), None)
-    if first is None:
-        raise ValueError(f"The codes shards in {codes_dir!r} are empty.")
-    example = tf.train.Example.FromString(first.numpy())
-    dim = len(example.features.feature[CODE_FEATURE].float_list.value)
-    spec = {
-        "id": tf.io.FixedLenFeature([], tf.string),
-        CODE_FEATURE: tf.io.FixedLenFeature([dim], tf.float32),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        "label_name": tf.io.FixedLenFeature([], tf.string),
-        "caption": tf.io.FixedLenFeature([], tf.string),
-        "image_uri": tf.io.FixedLenFeature([], tf.string),
-    }
-    dataset = tf.data.TFRecordDataset(files).batch(batch_size).map(
-        lambda batch: tf.io.parse_example(batch, spec)
-    )
-    parts = {name: [] for name in spec}
-    try:
-        for batch in dataset.as_numpy_iterator():
-            for name, values in batch.items():
-                parts[name].append(values)
-    except tf.errors.InvalidArgumentError as error:
-        raise ValueError(
-            f"{codes_dir}: every code must have {dim} values "
-            f"(the first one's): {error.message.splitlines()[0]}"
-        ) from error
-    # One column at a time, so at most two copies of the codes exist.
-    columns = {}
-    for name in list(parts):
-        columns[name] = np.concatenate(parts.pop(name))
-    ids = np.asarray([v.decode("utf-8") for v in columns.pop("id")])
-    order = np.argsort(ids, kind="stable")
-    codes = columns.pop(CODE_FEATURE)[order]
-    metadata = {"label": columns.pop("label")[order].tolist()}
-    for name in ("label_name", "caption", "image_uri"):
-        metadata[name] = [v.decode("utf-8") for v in columns.pop(name)[order]]
-    return ids[order], codes, metadata
-
-
 def read_codes_info(codes_dir):
-    """The `codes_info.json` a job wrote next to its codes."""
-    with open(os.path.join(codes_dir, CODES_INFO_FILE)) as f:
-        return json.load(f)
+    """The `codes_info.json` a job wrote next to its codes (any file
+    system)."""
+    from shrewd_tf import io as shrewd_io
+
+    return json.loads(
+        shrewd_io.read_text(os.path.join(codes_dir, CODES_INFO_FILE))
+    )
 
 
 # === Indexes ===
@@ -282,6 +207,14 @@ def build_indexes(
         if metadata:
             index.set_metadata(ids, **metadata)
         log.info("built %s index over %d codes", kind, len(index))
+    return save_indexes(indexes, output_dir)
+
+
+def save_indexes(indexes, output_dir):
+    """Saves built indexes to output_dir/<kind>; returns {kind: directory}.
+
+    Warns about older indexes of other kinds left in `output_dir`.
+    """
     directories = {}
     for kind, index in indexes.items():
         directories[kind] = os.path.join(output_dir, kind)
@@ -289,7 +222,7 @@ def build_indexes(
     stale = [
         kind
         for kind in INDEX_KINDS
-        if kind not in kinds
+        if kind not in indexes
         and os.path.exists(
             os.path.join(output_dir, kind, MANIFEST_FILE)
         )
@@ -304,16 +237,134 @@ def build_indexes(
     return directories
 
 
+@dataclasses.dataclass(frozen=True)
+class ShardsBuild:
+    """What `build_indexes_from_shards` built.
+
+    Attributes:
+        directories: {kind: saved index directory}.
+        count: codes indexed.
+        code_dim: code length d.
+    """
+
+    directories: dict
+    count: int
+    code_dim: int
+
+
+def build_indexes_from_shards(
+    codes_dir,
+    output_dir,
+    kinds=INDEX_KINDS,
+    rerank=True,
+    chunk_size=DEFAULT_CHUNK_SIZE,
+    with_metadata=True,
+    **index_args,
+):
+    """Builds indexes from codes shards without the whole float matrix.
+
+    The same indexes as `build_indexes(*read_codes(codes_dir))` (rows
+    sorted by id), read in chunks of `chunk_size` records:
+
+    1. one pass reads ids, metadata and, for "binary", the codes, packing
+       each chunk to bits at once (d / 8 bytes per code kept);
+    2. only when float codes are needed (ScaNN, or `rerank`, whose index
+       keeps them) a second pass fills ONE preallocated float32 [N, d]
+       array in id order, shared by both indexes;
+    3. the binary index is added chunk by chunk from the packed codes.
+
+    Peak memory is the packed codes twice (a sorted copy; faiss holds its
+    own), one chunk, the ids and metadata columns, plus N * d * 4 bytes
+    when float codes are needed (and ScaNN's own index). The index's
+    metadata table (one dict per id) is what it is; `with_metadata=False`
+    leaves it empty.
+
+    Args:
+        codes_dir: a folder of codes shards (any file system).
+        output_dir: parent folder of `binary/` and `scann/`.
+        kinds, rerank, **index_args: as `build_indexes`.
+        chunk_size: records read (and codes added) per chunk.
+        with_metadata: fill the metadata table from the shards.
+
+    Returns:
+        A `ShardsBuild`.
+
+    Raises:
+        FileNotFoundError: no codes shards.
+        ValueError: ragged codes, duplicate ids or bad index parameters.
+    """
+    kinds = parse_kinds(kinds)
+    _, dim = code_dim(codes_dir)
+    binary = contract.BINARY_INDEX in kinds
+    need_floats = contract.SCANN_INDEX in kinds or (binary and rerank)
+    indexes = new_indexes(dim, kinds, rerank=rerank, **index_args)
+    columns = ["id"] + (list(METADATA_COLUMNS) if with_metadata else [])
+    if binary:
+        columns.append(CODE_FEATURE)
+    parts = {name: [] for name in columns + ["packed"]}
+    for chunk in iter_code_chunks(codes_dir, chunk_size, columns):
+        if binary:
+            parts["packed"].append(pack_bits(chunk.pop(CODE_FEATURE)))
+        for name, values in chunk.items():
+            parts[name].append(
+                decode_text(values) if name in TEXT_COLUMNS + ("id",)
+                else values
+            )
+    ids = np.concatenate(parts.pop("id"))
+    order = np.argsort(ids, kind="stable")
+    ids = ids[order]
+    if len(ids) > 1 and np.any(ids[1:] == ids[:-1]):
+        duplicate = str(ids[1:][ids[1:] == ids[:-1]][0])
+        raise ValueError(
+            f"{codes_dir}: ids must be unique. Received: {duplicate!r} "
+            "more than once"
+        )
+    floats = None
+    if need_floats:
+        floats = np.empty((len(ids), dim), np.float32)
+        rank = np.empty(len(ids), np.int64)
+        rank[order] = np.arange(len(ids))
+        start = 0
+        for chunk in iter_code_chunks(codes_dir, chunk_size, [CODE_FEATURE]):
+            codes = chunk[CODE_FEATURE]
+            floats[rank[start:start + len(codes)]] = codes
+            start += len(codes)
+        del rank
+    for kind, index in indexes.items():
+        if kind == contract.BINARY_INDEX:
+            packed = np.concatenate(parts.pop("packed"))[order]
+            index.build_packed(
+                packed, ids, float_codes=floats if rerank else None,
+                chunk_size=chunk_size,
+            )
+            del packed
+        else:
+            index.build(floats, ids)
+    del floats
+    if with_metadata:
+        metadata = {
+            name: np.concatenate(parts.pop(name))[order].tolist()
+            for name in METADATA_COLUMNS
+        }
+        for kind, index in indexes.items():
+            index.set_metadata(ids, **metadata)
+    for kind, index in indexes.items():
+        log.info("built %s index over %d codes", kind, len(index))
+    return ShardsBuild(save_indexes(indexes, output_dir), len(ids), dim)
+
+
 def build_index_from_codes(codes_dir, output_dir, **kwargs):
     """Builds indexes from the codes shards a `build_index` job wrote.
+
+    Streams the shards (`build_indexes_from_shards`).
 
     Args:
         codes_dir: a `codes/` folder (codes-*.tfrecord).
         output_dir: parent folder of `binary/` and `scann/`.
-        **kwargs: `build_indexes` arguments (kinds, binary_method, ...).
+        **kwargs: `build_indexes_from_shards` arguments (kinds,
+            binary_method, chunk_size, ...).
 
     Returns:
         {kind: saved index directory}.
     """
-    ids, codes, metadata = read_codes(codes_dir)
-    return build_indexes(codes, ids, output_dir, metadata=metadata, **kwargs)
+    return build_indexes_from_shards(codes_dir, output_dir, **kwargs).directories

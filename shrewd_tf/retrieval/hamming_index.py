@@ -27,6 +27,7 @@ from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.ops.validation import check_positive_int
 from shrewd_tf.retrieval.arrays import HAMMING_PAD
 from shrewd_tf.retrieval.arrays import as_codes
+from shrewd_tf.retrieval.arrays import as_ids
 from shrewd_tf.retrieval.arrays import pad_columns
 from shrewd_tf.retrieval.base import RetrievalIndex
 from shrewd_tf.retrieval.base import register_index
@@ -278,6 +279,58 @@ class BinaryHammingIndex(RetrievalIndex):
         self._float_codes = (
             codes.astype(np.float32) if self.rerank else None
         )
+
+    def build_packed(self, packed, ids=None, float_codes=None, chunk_size=None):
+        """Replaces the content with packed binary codes, added in chunks.
+
+        The same index as `build(codes, ids)` when `packed` is
+        `pack_bits(codes)`, without the float codes unless re-ranking.
+
+        Args:
+            packed: uint8 [N, code_bits / 8] (`shrewd_tf.ops.bits`).
+            ids: as `build`.
+            float_codes: float32 [N, code_bits], kept as is (not copied)
+                for re-ranking; required when `rerank`, ignored otherwise.
+            chunk_size: codes per faiss `add` (None: all at once).
+
+        Returns:
+            self.
+
+        Raises:
+            ValueError: on a bad shape or dtype, or float codes missing.
+        """
+        packed = np.asarray(packed)
+        if packed.dtype != np.uint8 or packed.shape[1:] != (
+            self.code_bits // 8,
+        ):
+            raise ValueError(
+                f"`packed` must be uint8 [N, {self.code_bits // 8}]. "
+                f"Received: packed.dtype={packed.dtype}, "
+                f"packed.shape={packed.shape}"
+            )
+        if self.rerank:
+            if float_codes is None or np.shape(float_codes) != (
+                len(packed), self.code_bits
+            ):
+                raise ValueError(
+                    "`float_codes` [N, code_bits] are needed to re-rank. "
+                    f"Received: {None if float_codes is None else np.shape(float_codes)}"
+                )
+            float_codes = as_codes(float_codes, "float_codes")
+            float_codes = np.asarray(float_codes, np.float32)
+        ids = as_ids(ids, len(packed), 0, None)
+        step = chunk_size or max(1, len(packed))
+        with _faiss_threads(self.num_threads):
+            engine = self._new_engine(packed)
+            for start in range(0, len(packed), step):
+                engine.add(packed[start:start + step])
+        self._engine = engine
+        self._apply_search_params()
+        self._float_codes = float_codes if self.rerank else None
+        self._code_width = self.code_bits
+        self._ids = ids
+        self._metadata = {}
+        return self
 
     def _add_engine(self, codes):
         with _faiss_threads(self.num_threads):

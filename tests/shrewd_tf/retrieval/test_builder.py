@@ -149,3 +149,86 @@ def test_read_codes_rejects_missing_and_ragged_codes(tmp_path):
         writer.write(index_builder.code_example("b", np.zeros(8), row))
     with pytest.raises(ValueError, match="16 values"):
         index_builder.read_codes(str(tmp_path))
+
+
+def _write_shards(directory, database, ids, metadata, num_shards, seed):
+    """Codes shards in a shuffled order, as bulk encoding writes them."""
+    order = np.random.default_rng(seed).permutation(len(ids))
+    for shard, part in enumerate(np.array_split(order, num_shards)):
+        path = os.path.join(
+            directory, f"codes-{shard:05d}-of-{num_shards:05d}.tfrecord"
+        )
+        with tf.io.TFRecordWriter(path) as writer:
+            for i in part:
+                row = {name: values[i] for name, values in metadata.items()}
+                writer.write(
+                    index_builder.code_example(ids[i], database[i], row)
+                )
+
+
+@pytest.mark.parametrize(
+    "kinds, rerank, binary_method",
+    [
+        ("binary", False, "flat"),
+        ("binary", True, "flat"),
+        ("binary", False, "mih"),
+        ("scann", False, "flat"),
+    ],
+)
+def test_streamed_build_matches_whole_array_build(
+    tmp_path, kinds, rerank, binary_method
+):
+    database, queries = _codes(100, seed=7), _codes(11, seed=8)
+    ids = [f"db/{i:03d}" for i in range(100)]
+    metadata = _metadata(ids)
+    codes_dir = tmp_path / "codes"
+    codes_dir.mkdir()
+    _write_shards(str(codes_dir), database, ids, metadata, 3, seed=9)
+    args = dict(
+        kinds=kinds, rerank=rerank, binary_method=binary_method,
+        scann_params={"brute_force": True},
+    )
+    # The reference: every code in memory, sorted by id.
+    whole = index_builder.build_indexes(
+        database, np.asarray(ids), str(tmp_path / "whole"),
+        metadata=metadata, **args,
+    )
+    built = index_builder.build_indexes_from_shards(
+        str(codes_dir), str(tmp_path / "streamed"), chunk_size=7, **args
+    )
+    assert (built.count, built.code_dim) == (100, CODE_BITS)
+    expected = index_lib.load_index(whole[kinds])
+    index = index_lib.load_index(built.directories[kinds])
+    np.testing.assert_array_equal(index.ids, np.asarray(ids))
+    for k in (1, 10, 100):
+        want_ids, want = expected.search(queries, k)
+        got_ids, got = index.search(queries, k)
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got, want)
+    assert index.metadata(ids) == expected.metadata(ids)
+    assert index.metadata(["db/042"])[0] == {
+        "label": 0, "label_name": "class_0", "caption": "a picture of db/042",
+        "image_uri": "images/db/042.png",
+    }
+
+
+def test_streamed_build_without_metadata_and_duplicate_ids(tmp_path):
+    database = _codes(20, seed=10)
+    ids = [f"x{i:02d}" for i in range(20)]
+    _write_shards(str(tmp_path), database, ids, _metadata(ids), 2, seed=1)
+    built = index_builder.build_indexes_from_shards(
+        str(tmp_path), str(tmp_path / "out"), kinds="binary", rerank=False,
+        chunk_size=3, with_metadata=False,
+    )
+    index = index_lib.load_index(built.directories["binary"])
+    assert index.metadata(["x03"]) == [{}]
+    _, found = index.search(database, 1)
+    np.testing.assert_array_equal(found[:, 0], 0)
+    dup = tmp_path / "dup"
+    dup.mkdir()
+    _write_shards(str(dup), database[:2], ["a", "a"],
+                  _metadata(["a", "a"]), 1, seed=2)
+    with pytest.raises(ValueError, match="'a' more than once"):
+        index_builder.build_indexes_from_shards(
+            str(dup), str(tmp_path / "out2"), kinds="binary", rerank=False
+        )
