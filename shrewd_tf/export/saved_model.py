@@ -129,8 +129,7 @@ class ImagePreprocessing:
     @classmethod
     def load(cls, path):
         """Reads a `preprocessing.json` file."""
-        with open(path) as f:
-            return cls.from_dict(json.load(f))
+        return cls.from_dict(json.loads(io_lib.read_text(path)))
 
     def to_dict(self):
         return {
@@ -258,7 +257,7 @@ def _load_run(run_dir):
         contract.MODEL_FILE, contract.PREPROCESSING_FILE, contract.CONFIG_FILE
     )
     paths = {name: os.path.join(run_dir, name) for name in names}
-    missing = [p for p in paths.values() if not os.path.exists(p)]
+    missing = [p for p in paths.values() if not io_lib.exists(p)]
     if missing:
         raise FileNotFoundError(
             f"{', '.join(missing)} missing: is {run_dir!r} a finished "
@@ -319,7 +318,7 @@ def _write_version(directory, model, preprocessing, config, model_name,
             f"Received op types: {foreign}"
         )
     extra = os.path.join(directory, contract.ASSETS_EXTRA_DIR)
-    os.makedirs(extra)
+    io_lib.makedirs(extra)
     tf_serving.write_warmup_requests(
         os.path.join(extra, contract.WARMUP_FILE),
         model_name,
@@ -389,11 +388,11 @@ def export_saved_model(
         )
 
     model_dir = os.path.join(os.fspath(export_root), model_name)
-    os.makedirs(model_dir, exist_ok=True)
+    io_lib.makedirs(model_dir)
     if version is None:
         version = versions.next_version(model_dir)
     target = os.path.join(model_dir, str(version))
-    if os.path.exists(target):
+    if io_lib.exists(target):
         raise FileExistsError(
             f"{target} exists; pick another version (or version=None for "
             f"the next one). Received: version={version}"

@@ -112,11 +112,11 @@ def write_model_server_config(
             "model_names must be non-empty and unique. "
             f"Received: model_names={model_names}"
         )
-    export_root = os.path.abspath(os.fspath(export_root))
+    export_root = _absolute(export_root)
     serving_root = serving_root or export_root
     if path is None:
         path = os.path.join(export_root, contract.MODELS_CONFIG_FILE)
-    path = os.path.abspath(os.fspath(path))
+    path = _absolute(path)
     server_config = model_server_config_pb2.ModelServerConfig()
     for name in model_names:
         versions.check_model_name(name)
@@ -136,6 +136,8 @@ def write_model_server_config(
     )
     served_path = path
     relative = os.path.relpath(path, export_root)
+    if io_lib.is_local(path) != io_lib.is_local(export_root):
+        relative = os.pardir  # another file system: served as written
     if not relative.startswith(os.pardir):
         served_path = f"{serving_root.rstrip('/')}/{relative}"
     return (
@@ -143,3 +145,9 @@ def write_model_server_config(
         f"--rest_api_port={rest_port} "
         f"--model_config_file={shlex.quote(served_path)}"
     )
+
+
+def _absolute(path):
+    """An absolute local path; a `scheme://` path unchanged."""
+    path = os.fspath(path)
+    return os.path.abspath(path) if io_lib.is_local(path) else path

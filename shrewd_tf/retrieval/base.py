@@ -57,6 +57,7 @@ import os
 import numpy as np
 
 from shrewd_tf import contract
+from shrewd_tf import io as shrewd_io
 from shrewd_tf.retrieval import files as index_files
 from shrewd_tf.retrieval.files import FORMAT_VERSION
 from shrewd_tf.retrieval.files import IDS_FILE
@@ -286,6 +287,11 @@ class RetrievalIndex:
             IndexFormatError: naming the file that is missing, truncated,
                 corrupted, of another format version or another index type.
         """
+        if not shrewd_io.is_local(directory):
+            # faiss and ScaNN read local files: load from a local copy.
+            index_files.read_manifest(directory)  # names remote files
+            with index_files.local_copy(directory) as local:
+                return cls.load(local)
         manifest, data_dir = index_files.read_manifest(directory)
         if _manifest_kind(directory, manifest) != cls.kind:
             raise IndexFormatError(

@@ -37,6 +37,7 @@ import os
 import numpy as np
 
 from shrewd_tf import contract
+from shrewd_tf import io as shrewd_io
 from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.retrieval.base import index_class
 from shrewd_tf.retrieval.code_shards import CODE_FEATURE
@@ -94,8 +95,6 @@ def parse_kinds(kinds):
 def read_codes_info(codes_dir):
     """The `codes_info.json` a job wrote next to its codes (any file
     system)."""
-    from shrewd_tf import io as shrewd_io
-
     return json.loads(
         shrewd_io.read_text(os.path.join(codes_dir, CODES_INFO_FILE))
     )
@@ -223,7 +222,7 @@ def save_indexes(indexes, output_dir):
         kind
         for kind in INDEX_KINDS
         if kind not in indexes
-        and os.path.exists(
+        and shrewd_io.exists(
             os.path.join(output_dir, kind, MANIFEST_FILE)
         )
     ]

@@ -17,17 +17,27 @@ loadable. `read_manifest` refuses a missing, truncated or corrupted data
 file and any other format version with an `IndexFormatError` naming the
 file. One writer per directory: a reader racing a save may find its data
 folder removed and should retry.
+
+Other file systems (`scheme://` paths, e.g. gs://, through `shrewd_tf.io`
+and `tf.io.gfile`): faiss and ScaNN write and read local files, so a save
+is made in a local temporary folder, its data folder copied over, and the
+manifest written last (the commit point, as locally); `local_copy` copies
+the manifest and the current data folder into a local temporary folder to
+load from.
 """
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import shutil
+import tempfile
 import uuid
 
 import numpy as np
 
+from shrewd_tf import io as shrewd_io
 from shrewd_tf.io import fsync_path
 from shrewd_tf.io import fsync_tree
 from shrewd_tf.io import write_json_atomically
@@ -62,6 +72,8 @@ def save_index_files(directory, write_data, manifest):
     Returns:
         The name of the committed data folder.
     """
+    if not shrewd_io.is_local(directory):
+        return _save_remote(directory, write_data, manifest)
     os.makedirs(directory, exist_ok=True)
     data_name = f"{_DATA_DIR_PREFIX}{uuid.uuid4().hex[:12]}"
     data_dir = os.path.join(directory, data_name)
@@ -113,11 +125,10 @@ def read_manifest(directory, verify_files=True):
             truncated, corrupted or of another format version.
     """
     path = os.path.join(directory, MANIFEST_FILE)
-    if not os.path.isfile(path):
+    if not _isfile(path):
         raise IndexFormatError(f"{path} is missing: not a saved index")
     try:
-        with open(path) as f:
-            manifest = json.load(f)
+        manifest = json.loads(shrewd_io.read_text(path))
         version = manifest["format_version"]
     except (ValueError, KeyError, TypeError) as e:
         raise IndexFormatError(f"{path} is not a valid manifest: {e}") from e
@@ -139,9 +150,9 @@ def read_manifest(directory, verify_files=True):
         return manifest, data_dir
     for name, expected in manifest["files"].items():
         file_path = os.path.join(data_dir, name)
-        if not os.path.isfile(file_path):
+        if not _isfile(file_path):
             raise IndexFormatError(f"{file_path} is missing")
-        size = os.path.getsize(file_path)
+        size = _size(file_path)
         if size != expected["bytes"]:
             raise IndexFormatError(
                 f"{file_path} is truncated or resized: {size} bytes, the "
@@ -185,9 +196,28 @@ def read_metadata(data_dir):
 # === File helpers ===
 
 
+def _gfile():
+    import tensorflow as tf
+
+    return tf.io.gfile
+
+
+def _isfile(path):
+    if shrewd_io.is_local(path):
+        return os.path.isfile(path)
+    return _gfile().exists(path) and not _gfile().isdir(path)
+
+
+def _size(path):
+    if shrewd_io.is_local(path):
+        return os.path.getsize(path)
+    return _gfile().stat(path).length
+
+
 def _sha256(path):
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    opener = open if shrewd_io.is_local(path) else _gfile().GFile
+    with opener(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
@@ -204,3 +234,57 @@ def _describe_files(data_dir):
                 "sha256": _sha256(path),
             }
     return files
+
+
+# === Other file systems ===
+
+
+def _copy_tree(source, target):
+    """Copies the files under `source` to `target` (tf.io.gfile)."""
+    gfile = _gfile()
+    gfile.makedirs(target)
+    for name in gfile.listdir(source):
+        name = name.rstrip("/")
+        path = os.path.join(source, name)
+        if gfile.isdir(path):
+            _copy_tree(path, os.path.join(target, name))
+        else:
+            gfile.copy(path, os.path.join(target, name), overwrite=True)
+
+
+def _save_remote(directory, write_data, manifest):
+    """`save_index_files` for a `scheme://` directory, through a local one."""
+    with tempfile.TemporaryDirectory(prefix="shrewd-index-") as local:
+        data_name = save_index_files(local, write_data, manifest)
+        shrewd_io.makedirs(directory)
+        _copy_tree(
+            os.path.join(local, data_name), os.path.join(directory, data_name)
+        )
+        # The commit point: the manifest, once every data file is there.
+        shrewd_io.write_bytes_atomically(
+            os.path.join(directory, MANIFEST_FILE),
+            shrewd_io.read_bytes(os.path.join(local, MANIFEST_FILE)),
+        )
+    for name in _gfile().listdir(directory):
+        name = name.rstrip("/")
+        if _DATA_DIR_PATTERN.fullmatch(name) and name != data_name:
+            shrewd_io.remove_tree(os.path.join(directory, name))
+    return data_name
+
+
+@contextlib.contextmanager
+def local_copy(directory):
+    """Yields a local folder holding the saved index of `directory`.
+
+    `directory` itself when local; otherwise a temporary copy of its
+    manifest and current data folder, removed afterwards.
+    """
+    if shrewd_io.is_local(directory):
+        yield directory
+        return
+    manifest, data_dir = read_manifest(directory, verify_files=False)
+    with tempfile.TemporaryDirectory(prefix="shrewd-index-") as local:
+        _copy_tree(data_dir, os.path.join(local, manifest["data_dir"]))
+        with open(os.path.join(local, MANIFEST_FILE), "w") as f:
+            json.dump(manifest, f)
+        yield local

@@ -272,3 +272,44 @@ def test_model_name_is_validated(tmp_path, name):
         export.export_saved_model(tmp_path, tmp_path / "e", name)
 
 
+
+
+
+def test_versions_and_models_config_on_ram_file_system(exported):
+    # TF's in-memory ram:// file system stands in for gs://. The export
+    # itself is copied there: TF's ram:// lists "assets.extra/x" as a child
+    # of "assets" too (prefix match), which breaks its staged move; gs://
+    # has real prefixes with "/".
+    from shrewd_tf.export import tf_serving
+    from shrewd_tf.export import versions
+
+    root = f"ram://test_export_{os.getpid()}"
+    for version in ("1", "3"):
+        for folder, _, names in os.walk(exported[1]):
+            relative = os.path.relpath(folder, exported[1])
+            target = f"{root}/shrewd/{version}/{relative}".rstrip("/.")
+            tf.io.gfile.makedirs(target)
+            for name in names:
+                tf.io.gfile.copy(os.path.join(folder, name), f"{target}/{name}")
+    tf.io.gfile.makedirs(f"{root}/shrewd/.tmp-export-9-abc")
+    assert versions.existing_versions(f"{root}/shrewd") == [1, 3]
+    assert versions.next_version(f"{root}/shrewd") == 4
+    newest = versions.resolve_saved_model_dir(f"{root}/shrewd")
+    assert newest == f"{root}/shrewd/3"
+    preprocessing = export.ImagePreprocessing.load(
+        f"{newest}/{contract.ASSETS_EXTRA_DIR}/{contract.PREPROCESSING_FILE}"
+    )
+    assert preprocessing.image_shape == tuple(IMAGE_SHAPE)
+    images = tf.constant([png(image) for image in random_images(3)])
+    served = tf.saved_model.load(newest).signatures["serving_default"]
+    local = exported[2].signatures["serving_default"]
+    np.testing.assert_array_equal(
+        served(images=images)["code"].numpy(),
+        local(images=images)["code"].numpy(),
+    )
+    command = tf_serving.write_model_server_config(root, ["shrewd"])
+    assert command.endswith(f"--model_config_file={root}/models.config")
+    with tf.io.gfile.GFile(f"{root}/models.config") as f:
+        assert f'base_path: "{root}/shrewd"' in f.read()
+    # Not removed: ram:// rmtree trips on the same prefix match; ram://
+    # lives as long as this process.

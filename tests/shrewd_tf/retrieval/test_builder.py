@@ -232,3 +232,42 @@ def test_streamed_build_without_metadata_and_duplicate_ids(tmp_path):
         index_builder.build_indexes_from_shards(
             str(dup), str(tmp_path / "out2"), kinds="binary", rerank=False
         )
+
+
+@pytest.mark.parametrize("kinds", ["binary", "scann"])
+def test_build_from_and_to_ram_file_system(tmp_path, kinds):
+    # TF's in-memory ram:// file system stands in for gs://.
+    database, queries = _codes(40, seed=11), _codes(5, seed=12)
+    ids = [f"r{i:02d}" for i in range(40)]
+    root = f"ram://test_builder_{kinds}_{os.getpid()}"
+    codes_dir = f"{root}/codes"
+    tf.io.gfile.makedirs(codes_dir)
+    _write_shards(codes_dir, database, ids, _metadata(ids), 2, seed=3)
+    args = dict(kinds=kinds, rerank=True,
+                scann_params={"brute_force": True})
+    built = index_builder.build_indexes_from_shards(
+        codes_dir, f"{root}/indexes", chunk_size=6, **args
+    )
+    assert built.directories == {kinds: f"{root}/indexes/{kinds}"}
+    assert tf.io.gfile.exists(f"{root}/indexes/{kinds}/manifest.json")
+    index = index_lib.load_index(built.directories[kinds])
+    local = index_lib.load_index(
+        index_builder.build_indexes(
+            database, np.asarray(ids), str(tmp_path),
+            metadata=_metadata(ids), **args,
+        )[kinds]
+    )
+    want_ids, want = local.search(queries, 10)
+    got_ids, got = index.search(queries, 10)
+    np.testing.assert_array_equal(got_ids, want_ids)
+    np.testing.assert_array_equal(got, want)
+    assert index.metadata(["r07"]) == local.metadata(["r07"])
+    # A second save replaces the data folder; the manifest names it.
+    index.save(built.directories[kinds])
+    data = [
+        name for name in tf.io.gfile.listdir(built.directories[kinds])
+        if name.rstrip("/").startswith("data-")
+    ]
+    assert len(data) == 1
+    assert len(index_lib.load_index(built.directories[kinds])) == 40
+    tf.io.gfile.rmtree(root)
