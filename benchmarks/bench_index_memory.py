@@ -170,9 +170,9 @@ def main(argv=None):
         print(f"{args.n:,} codes of {CODE_BITS} bits: {size / 2**20:,.0f} "
               f"MiB of shards in {time.perf_counter() - start:.0f} s")
         mib = args.n / 2**20
-        print(f"| index | floor (index's codes) | streamed peak - base "
-              f"| whole array peak - base | whole / streamed | base RSS "
-              f"| build s (streamed, whole) |")
+        print("| index | floor (index's codes) | streamed peak - base "
+              "| whole array peak - base | whole / streamed | base RSS "
+              "| build s (streamed, whole) |")
         print("|---|---|---|---|---|---|---|")
         for name in args.configs.split(","):
             config = CONFIGS[name]

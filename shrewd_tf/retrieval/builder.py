@@ -366,4 +366,5 @@ def build_index_from_codes(codes_dir, output_dir, **kwargs):
     Returns:
         {kind: saved index directory}.
     """
-    return build_indexes_from_shards(codes_dir, output_dir, **kwargs).directories
+    built = build_indexes_from_shards(codes_dir, output_dir, **kwargs)
+    return built.directories

@@ -280,7 +280,9 @@ class BinaryHammingIndex(RetrievalIndex):
             codes.astype(np.float32) if self.rerank else None
         )
 
-    def build_packed(self, packed, ids=None, float_codes=None, chunk_size=None):
+    def build_packed(
+        self, packed, ids=None, float_codes=None, chunk_size=None
+    ):
         """Replaces the content with packed binary codes, added in chunks.
 
         The same index as `build(codes, ids)` when `packed` is
@@ -312,9 +314,10 @@ class BinaryHammingIndex(RetrievalIndex):
             if float_codes is None or np.shape(float_codes) != (
                 len(packed), self.code_bits
             ):
+                shape = None if float_codes is None else np.shape(float_codes)
                 raise ValueError(
                     "`float_codes` [N, code_bits] are needed to re-rank. "
-                    f"Received: {None if float_codes is None else np.shape(float_codes)}"
+                    f"Received: float_codes.shape={shape}"
                 )
             float_codes = as_codes(float_codes, "float_codes")
             float_codes = np.asarray(float_codes, np.float32)
