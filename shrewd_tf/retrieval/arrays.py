@@ -59,8 +59,21 @@ def as_codes(codes, name, width=None, unit_range=False):
     return array
 
 
-def as_ids(ids, count, start, existing):
-    """Returns new ids as int64 or str [count], checked against `existing`."""
+def _duplicates(array):
+    """The ids found more than once in `array` (sorted ids: no sort copy)."""
+    if len(array) < 2:
+        return array[:0]
+    if np.all(array[1:] >= array[:-1]):
+        return np.unique(array[1:][array[1:] == array[:-1]])
+    unique, counts = np.unique(array, return_counts=True)
+    return unique[counts > 1]
+
+
+def as_ids(ids, count, start, existing, copy=True):
+    """Returns new ids as int64 or str [count], checked against `existing`.
+
+    `copy=False` returns `ids` itself when it is int64 or str already.
+    """
     if ids is None:
         if existing is not None and existing.dtype.kind == "U":
             raise ValueError(
@@ -75,7 +88,7 @@ def as_ids(ids, count, start, existing):
             f"Received: ids.shape={array.shape}"
         )
     if array.dtype.kind in "iu":
-        array = array.astype(np.int64)
+        array = array.astype(np.int64, copy=copy)
         if count and array.min() < 0:
             raise ValueError(
                 "Integer `ids` must be >= 0 (-1 pads missing neighbours). "
@@ -84,7 +97,7 @@ def as_ids(ids, count, start, existing):
     elif array.dtype.kind == "U" or (
         array.dtype.kind == "O" and all(isinstance(x, str) for x in array)
     ):
-        array = array.astype(str)
+        array = array.astype(str, copy=copy)
         if count and np.any(array == STR_ID_PAD):
             raise ValueError(
                 'String `ids` must be non-empty ("" pads missing '
@@ -102,11 +115,11 @@ def as_ids(ids, count, start, existing):
             f"`ids` must match the index's id type ({existing.dtype}). "
             f"Received: ids.dtype={array.dtype}"
         )
-    unique, counts = np.unique(array, return_counts=True)
-    if np.any(counts > 1):
+    duplicates = _duplicates(array)
+    if len(duplicates):
         raise ValueError(
             "`ids` must be unique. "
-            f"Received duplicates: {unique[counts > 1][:5]!r}"
+            f"Received duplicates: {duplicates[:5]!r}"
         )
     if existing is not None and len(existing):
         clash = np.isin(array, existing)

@@ -290,7 +290,7 @@ class BinaryHammingIndex(RetrievalIndex):
 
         Args:
             packed: uint8 [N, code_bits / 8] (`shrewd_tf.ops.bits`).
-            ids: as `build`.
+            ids: as `build`; kept as is (not copied) when int64 or str.
             float_codes: float32 [N, code_bits], kept as is (not copied)
                 for re-ranking; required when `rerank`, ignored otherwise.
             chunk_size: codes per faiss `add` (None: all at once).
@@ -321,7 +321,7 @@ class BinaryHammingIndex(RetrievalIndex):
                 )
             float_codes = as_codes(float_codes, "float_codes")
             float_codes = np.asarray(float_codes, np.float32)
-        ids = as_ids(ids, len(packed), 0, None)
+        ids = as_ids(ids, len(packed), 0, None, copy=False)
         step = chunk_size or max(1, len(packed))
         with _faiss_threads(self.num_threads):
             engine = self._new_engine(packed)
