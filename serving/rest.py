@@ -12,12 +12,13 @@ status codes, see `serving.errors`):
   `GET /v1/images/<id>`: retrieval (`serving.retrieval`).
 * `GET /` and `GET /static/<file>`: the web page (`serving/static/`).
 
-Limits: request bodies over `max_request_bytes` get 413 without being
-read; POSTs without Content-Length 411; each connection has a socket
-timeout; handler exceptions become 500 answers, never a dead server.
+`dispatch` answers one request (blocking: it runs TensorFlow and faiss);
+the HTTP plumbing, limits and timeouts are in `serving.rest_server`.
+JSON bodies with a lone surrogate escape ("\\ud800") are refused with 400
+like any other malformed JSON; handler exceptions become 500 answers,
+never a dead server.
 """
 
-import http.server
 import json
 import logging
 import mimetypes
@@ -43,12 +44,44 @@ _DEFAULT_PAGE_LIMIT = 24
 _MAX_PAGE_LIMIT = 500
 
 
+# A \uD800-\uDFFF escape: a surrogate, maybe lone (checked only then).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
 def _json_body(raw):
     """Parses a request body into JSON, or INVALID_ARGUMENT."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except (ValueError, RecursionError) as e:  # JSONDecodeError, bad UTF-8
         raise invalid_argument(f"JSON Parse error: {e}") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        _check_no_lone_surrogates(value)
+    return value
+
+
+def _check_no_lone_surrogates(value):
+    """Raises INVALID_ARGUMENT for a string that is not valid Unicode.
+
+    Python's json decodes "\\ud800" to a lone surrogate, which no UTF-8
+    encoder (TensorFlow's string tensors included) accepts.
+    """
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError as e:
+                raise invalid_argument(
+                    "JSON Parse error: a string holds a lone UTF-16 "
+                    f"surrogate ({item[e.start]!r} at character {e.start}), "
+                    "which is not valid Unicode."
+                ) from None
 
 
 def _parse_version(text):
@@ -186,159 +219,80 @@ class RestApi:
         return self.search_service().items(offset, limit)
 
 
-class RestHandler(http.server.BaseHTTPRequestHandler):
-    """HTTP plumbing around `RestApi` (one thread per connection)."""
-
-    protocol_version = "HTTP/1.1"
-    server_version = "shrewd-serving"
-    # Set on the subclass made by `make_handler`.
-    api = None
-    max_request_bytes = 8 * 2**20
-    timeout = 30
-    # Headers and body leave in two writes; with Nagle on, the second
-    # waits for the client's delayed ACK (~40 ms per request).
-    disable_nagle_algorithm = True
-
-    def log_message(self, format, *args):  # noqa: A002 (stdlib signature)
-        logging.debug("%s - %s", self.address_string(), format % args)
-
-    # --- answers ---
-
-    def _send(self, status, body, content_type):
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.send_header("X-Content-Type-Options", "nosniff")
-        self.end_headers()
-        if self.command != "HEAD":
-            self.wfile.write(body)
-
-    def _send_json(self, status, value):
-        body = json.dumps(value, separators=(",", ":")).encode("utf-8")
-        self._send(status, body, "application/json")
-
-    def _send_error(self, error):
-        self._send_json(error.http_status, {"error": error.message})
-
-    def _send_file(self, path, content_type):
-        with open(path, "rb") as f:
-            body = f.read()
-        self._send(200, body, content_type)
-
-    # --- requests ---
-
-    def _read_body(self):
-        """Reads the body (Content-Length, <= max_request_bytes)."""
-        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
-            self.close_connection = True
-            raise ServingError(
-                grpc.StatusCode.INVALID_ARGUMENT,
-                "Chunked request bodies are not supported; send "
-                "Content-Length.",
-            )
-        length_text = self.headers.get("Content-Length")
-        if length_text is None:
-            self.close_connection = True
-            raise _HttpError(411, "A POST needs a Content-Length header.")
-        try:
-            length = int(length_text)
-        except ValueError:
-            self.close_connection = True
-            raise invalid_argument(
-                f"Bad Content-Length. Received: {length_text!r}"
-            ) from None
-        if length < 0:
-            self.close_connection = True
-            raise invalid_argument(f"Bad Content-Length. Received: {length}")
-        if length > self.max_request_bytes:
-            self.close_connection = True
-            if length <= 4 * self.max_request_bytes:
-                self._discard(length)  # So the client can read the answer.
-            raise _HttpError(
-                413,
-                f"Request body of {length} bytes is over the server's "
-                f"max_request_bytes={self.max_request_bytes}.",
-            )
-        body = self.rfile.read(length)
-        if len(body) != length:
-            self.close_connection = True
-            raise invalid_argument(
-                f"Request body ended after {len(body)} of {length} bytes."
-            )
-        return body
-
-    def _discard(self, length):
-        while length > 0:
-            chunk = self.rfile.read(min(length, 2**20))
-            if not chunk:
-                return
-            length -= len(chunk)
-
-    def _handle(self, method):
-        url = urllib.parse.urlsplit(self.path)
-        path = url.path
-        body_read = False
-
-        def read_body():
-            nonlocal body_read
-            body_read = True
-            return self._read_body()
-
-        try:
-            if path.startswith("/v1/models/"):
-                self._send_json(
-                    200, self.api.route_model(method, path, read_body)
-                )
-            elif path == "/v1/search" and method == "POST":
-                answer = self.api.search_service().search(
-                    _json_body(read_body())
-                )
-                self._send_json(200, answer)
-            elif path == "/v1/database" and method == "GET":
-                self._send_json(200, self.api.database(url.query))
-            elif path.startswith("/v1/images/") and method == "GET":
-                id_text = urllib.parse.unquote(path[len("/v1/images/") :])
-                self._send_file(*self.api.search_service().image_file(id_text))
-            elif path in ("/", "/index.html") and method == "GET":
-                self._send_file(
-                    os.path.join(STATIC_DIR, "index.html"), "text/html"
-                )
-            elif path.startswith("/static/") and method == "GET":
-                self._send_file(*_static_file(path[len("/static/") :]))
-            else:
-                raise not_found(f"Malformed request: {method} {path}")
-        except ServingError as e:
-            self._send_error(e)
-        except _HttpError as e:
-            self._send_json(e.status, {"error": e.message})
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-        except Exception as e:  # A bug answers 500; the server keeps going.
-            logging.exception("Error answering %s %s", method, path)
-            self._send_json(
-                500, {"error": f"Internal error: {type(e).__name__}: {e}"}
-            )
-        if not body_read and self.headers.get("Content-Length", "0") != "0":
-            # Unread body bytes would be parsed as the next request.
-            self.close_connection = True
-
-    def do_GET(self):  # noqa: N802 (stdlib naming)
-        self._handle("GET")
-
-    def do_HEAD(self):  # noqa: N802
-        self._handle("GET")
-
-    def do_POST(self):  # noqa: N802
-        self._handle("POST")
-
-
-class _HttpError(Exception):
-    """An HTTP-level refusal with no gRPC equivalent (411, 413)."""
+class HttpError(Exception):
+    """An HTTP-level refusal with no gRPC equivalent (408, 411, 413)."""
 
     def __init__(self, status, message):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+def json_answer(status, value):
+    """(status, body bytes, content type) of a JSON answer."""
+    body = json.dumps(value, separators=(",", ":")).encode("utf-8")
+    return status, body, "application/json"
+
+
+def error_answer(error):
+    """The JSON answer of a `ServingError` or `HttpError`."""
+    if isinstance(error, ServingError):
+        return json_answer(error.http_status, {"error": error.message})
+    status = error.status
+    return json_answer(status, {"error": error.message})
+
+
+def _file_answer(path, content_type):
+    with open(path, "rb") as f:
+        return 200, f.read(), content_type
+
+
+def dispatch(api, method, target, read_body):
+    """Answers one request; blocking (run it on a worker thread).
+
+    Args:
+        api: `RestApi`.
+        method: "GET" or "POST" (HEAD is answered as GET).
+        target: the raw request target, e.g. "/v1/models/m:predict?x".
+        read_body: callable returning the body bytes or raising
+            `ServingError` / `HttpError` (called only by the routes
+            that take a body, so their errors come first otherwise).
+
+    Returns:
+        (status, body bytes, content type). Request errors become their
+        TF Serving JSON answer; a bug becomes a 500 answer.
+    """
+    url = urllib.parse.urlsplit(target)
+    path = url.path
+    try:
+        if path.startswith("/v1/models/"):
+            return json_answer(200, api.route_model(method, path, read_body))
+        if path == "/v1/search" and method == "POST":
+            body = _json_body(read_body())
+            return json_answer(200, api.search_service().search(body))
+        if path == "/v1/database" and method == "GET":
+            return json_answer(200, api.database(url.query))
+        if path.startswith("/v1/images/") and method == "GET":
+            id_text = urllib.parse.unquote(path[len("/v1/images/") :])
+            return _file_answer(*api.search_service().image_file(id_text))
+        if path in ("/", "/index.html") and method == "GET":
+            return _file_answer(
+                os.path.join(STATIC_DIR, "index.html"), "text/html"
+            )
+        if path.startswith("/static/") and method == "GET":
+            return _file_answer(*_static_file(path[len("/static/") :]))
+        raise not_found(f"Malformed request: {method} {path}")
+    except (ServingError, HttpError) as e:
+        return error_answer(e)
+    except UnicodeError as e:  # Request text no codec accepts.
+        return json_answer(
+            400, {"error": f"Invalid Unicode in the request: {e}"}
+        )
+    except Exception as e:  # A bug answers 500; the server keeps going.
+        logging.exception("Error answering %s %s", method, path)
+        return json_answer(
+            500, {"error": f"Internal error: {type(e).__name__}: {e}"}
+        )
 
 
 def _static_file(name):
@@ -349,34 +303,3 @@ def _static_file(name):
     if not os.path.isfile(path):
         raise not_found(f"No static file {name!r}")
     return path, mimetypes.guess_type(path)[0] or "application/octet-stream"
-
-
-class RestServer(http.server.ThreadingHTTPServer):
-    """`ThreadingHTTPServer` with a longer listen queue and daemon threads."""
-
-    daemon_threads = True
-    request_queue_size = 128
-    allow_reuse_address = True
-
-
-def make_rest_server(api, host, port, max_request_bytes, timeout_s=30):
-    """Binds a threading HTTP server answering `api` on (host, port).
-
-    Args:
-        api: `RestApi`.
-        host, port: address to bind (port 0: any free port; read it back
-            from `server.server_address`).
-        max_request_bytes: largest request body accepted.
-        timeout_s: socket timeout per connection (idle keep-alive, slow
-            uploads).
-    """
-    handler = type(
-        "BoundRestHandler",
-        (RestHandler,),
-        {
-            "api": api,
-            "max_request_bytes": max_request_bytes,
-            "timeout": timeout_s,
-        },
-    )
-    return RestServer((host, port), handler)

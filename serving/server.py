@@ -8,7 +8,8 @@ python -m serving --export-root exports --binary-index index/binary \\
 `Server(ServerConfig(...)).start()` loads the models (`serving.models`) and
 indexes (`shrewd_tf.retrieval.load_index`), then answers REST on `rest_port`
 (`serving.rest`) and gRPC on `grpc_port` (`serving.grpc_service`), each on
-its own threads, until `stop()`. `serve(config)` does the same and blocks
+its own threads, until `stop()` (REST: one asyncio event loop for every
+connection and a bounded worker pool, `serving.rest_server`). `serve(config)` does the same and blocks
 until SIGINT / SIGTERM. Ports 0 pick free ports (read them back from
 `server.rest_port` / `server.grpc_port`).
 """
@@ -52,7 +53,15 @@ class ServerConfig:
         max_batch_size: largest first dimension of a predict input.
         max_k: largest k of a search request.
         encoder_timeout_s: timeout of a forwarded encoder request (s).
-        request_timeout_s: socket timeout of a REST connection (s).
+        request_timeout_s: time a REST request body may take to arrive (s;
+            408 after).
+        idle_timeout_s: REST keep-alive: a connection without a request
+            for this long is closed (s).
+        max_connections: open REST connections; more get 503 and close.
+        max_in_flight: REST requests waiting for or running on the
+            workers; more get 503 UNAVAILABLE.
+        rest_workers: threads running REST requests (TensorFlow, faiss).
+        shutdown_grace_s: on stop, time in-flight requests get to finish.
         grpc_workers: threads answering gRPC calls.
         warmup: replay `assets.extra/tf_serving_warmup_requests` on load.
     """
@@ -74,6 +83,11 @@ class ServerConfig:
     max_k: int = 1000
     encoder_timeout_s: float = 10.0
     request_timeout_s: float = 30.0
+    idle_timeout_s: float = 75.0
+    max_connections: int = 4096
+    max_in_flight: int = 64
+    rest_workers: int = 4
+    shutdown_grace_s: float = 10.0
     grpc_workers: int = 8
     warmup: bool = True
 
@@ -82,6 +96,9 @@ class ServerConfig:
             "max_request_bytes",
             "max_batch_size",
             "max_k",
+            "max_connections",
+            "max_in_flight",
+            "rest_workers",
             "grpc_workers",
         ):
             value = getattr(self, name)
@@ -98,12 +115,18 @@ class ServerConfig:
             "poll_interval_s",
             "encoder_timeout_s",
             "request_timeout_s",
+            "idle_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise ValueError(
                     f"`{name}` must be > 0. "
                     f"Received: {name}={getattr(self, name)!r}"
                 )
+        if not self.shutdown_grace_s >= 0:
+            raise ValueError(
+                "`shutdown_grace_s` must be >= 0. "
+                f"Received: shutdown_grace_s={self.shutdown_grace_s!r}"
+            )
         has_index = bool(self.binary_index or self.float_index)
         if self.export_root is None and not has_index:
             raise ValueError(
@@ -182,7 +205,6 @@ class Server:
         self.rest_port = None
         self.grpc_port = None
         self._rest = None
-        self._rest_thread = None
         self._grpc = None
         self._stopped = threading.Event()
 
@@ -204,7 +226,7 @@ class Server:
         from serving.encoders import RemoteEncoder
         from serving.models import ModelRepository
         from serving.rest import RestApi
-        from serving.rest import make_rest_server
+        from serving.rest_server import RestServer
         from serving.retrieval import SearchService
 
         config = self.config
@@ -237,18 +259,18 @@ class Server:
                 image_root=config.image_root,
             )
         api = RestApi(self.repository, self.search, config.max_batch_size)
-        self._rest = make_rest_server(
+        self._rest = RestServer(
             api,
             config.host,
             config.rest_port,
-            config.max_request_bytes,
-            config.request_timeout_s,
-        )
+            max_request_bytes=config.max_request_bytes,
+            request_timeout_s=config.request_timeout_s,
+            idle_timeout_s=config.idle_timeout_s,
+            max_connections=config.max_connections,
+            max_in_flight=config.max_in_flight,
+            workers=config.rest_workers,
+        ).start()
         self.rest_port = self._rest.server_address[1]
-        self._rest_thread = threading.Thread(
-            target=self._rest.serve_forever, name="rest-server", daemon=True
-        )
-        self._rest_thread.start()
         if config.grpc_port is not None and self.repository is not None:
             from serving.grpc_service import make_grpc_server
 
@@ -273,16 +295,19 @@ class Server:
         )
         return self
 
-    def stop(self, grace_s=1.0):
-        """Stops answering and polling; in-flight gRPC calls get `grace_s`."""
+    def stop(self, grace_s=None):
+        """Stops accepting, lets in-flight requests finish (up to `grace_s`,
+        default `config.shutdown_grace_s`), then closes and stops polling."""
+        if grace_s is None:
+            grace_s = self.config.shutdown_grace_s
         if self._grpc is not None:
-            self._grpc.stop(grace_s).wait()
-            self._grpc = None
+            grpc_stopped = self._grpc.stop(grace_s)
         if self._rest is not None:
-            self._rest.shutdown()
-            self._rest.server_close()
-            self._rest_thread.join()
+            self._rest.stop(grace_s)
             self._rest = None
+        if self._grpc is not None:
+            grpc_stopped.wait()
+            self._grpc = None
         if self.repository is not None:
             self.repository.stop()
             self.repository = None
@@ -305,6 +330,7 @@ def serve(config):
     Returns:
         0 (the exit code).
     """
+    _raise_open_file_limit(config.max_connections + 256)
     server = Server(config).start()
 
     def stop(signum, frame):
@@ -316,6 +342,19 @@ def serve(config):
         signal.signal(signal.SIGINT, stop)
     server.wait()
     return 0
+
+
+def _raise_open_file_limit(wanted):
+    """Raises the soft RLIMIT_NOFILE towards `wanted` (within the hard
+    limit), so max_connections sockets can be open at once."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        wanted = min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (wanted, hard))
+        logging.info("Open file limit raised from %d to %d", soft, wanted)
 
 
 # === Command line ===
@@ -374,6 +413,11 @@ def add_arguments(parser):
         ("max_k", int),
         ("encoder_timeout_s", float),
         ("request_timeout_s", float),
+        ("idle_timeout_s", float),
+        ("max_connections", int),
+        ("max_in_flight", int),
+        ("rest_workers", int),
+        ("shutdown_grace_s", float),
         ("grpc_workers", int),
     ):
         parser.add_argument(
@@ -408,6 +452,11 @@ def config_from_args(args):
         max_k=args.max_k,
         encoder_timeout_s=args.encoder_timeout_s,
         request_timeout_s=args.request_timeout_s,
+        idle_timeout_s=args.idle_timeout_s,
+        max_connections=args.max_connections,
+        max_in_flight=args.max_in_flight,
+        rest_workers=args.rest_workers,
+        shutdown_grace_s=args.shutdown_grace_s,
         grpc_workers=args.grpc_workers,
         warmup=not args.no_warmup,
     )

@@ -169,6 +169,20 @@ ERROR_CASES = [
     (
         "POST",
         "/v1/models/enc:predict",
+        b'{"instances": ["\\ud800"]}',
+        400,
+        "lone UTF-16 surrogate",
+    ),
+    (
+        "POST",
+        "/v1/models/enc:predict",
+        b'{"instances": [{"b64": "\\udfff"}], "\\ud800": 1}',
+        400,
+        "lone UTF-16 surrogate",
+    ),
+    (
+        "POST",
+        "/v1/models/enc:predict",
         {"signature_name": "serving_default"},
         400,
         "Missing 'inputs' or 'instances' key",

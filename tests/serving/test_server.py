@@ -44,6 +44,16 @@ def test_command_line_builds_the_config():
             "1000",
             "--poll-interval-s",
             "0.5",
+            "--max-connections",
+            "100",
+            "--max-in-flight",
+            "8",
+            "--rest-workers",
+            "2",
+            "--idle-timeout-s",
+            "5",
+            "--shutdown-grace-s",
+            "1",
             "--no-warmup",
         ]
     )
@@ -59,6 +69,11 @@ def test_command_line_builds_the_config():
         max_batch_size=4,
         max_request_bytes=1000,
         poll_interval_s=0.5,
+        max_connections=100,
+        max_in_flight=8,
+        rest_workers=2,
+        idle_timeout_s=5.0,
+        shutdown_grace_s=1.0,
         warmup=False,
     )
     defaults = _parse(["--binary-index", "idx"])
@@ -76,6 +91,9 @@ def test_command_line_builds_the_config():
         ({"binary_index": "x", "max_k": 0}, "max_k=0"),
         ({"binary_index": "x", "max_batch_size": True}, "max_batch_size=True"),
         ({"binary_index": "x", "poll_interval_s": 0}, "poll_interval_s=0"),
+        ({"binary_index": "x", "max_in_flight": 0}, "max_in_flight=0"),
+        ({"binary_index": "x", "idle_timeout_s": 0}, "idle_timeout_s=0"),
+        ({"binary_index": "x", "shutdown_grace_s": -1}, "shutdown_grace_s=-1"),
     ],
 )
 def test_bad_configs_are_refused(kwargs, text):
