@@ -28,6 +28,7 @@ import logging
 import threading
 
 import aiohttp
+import aiohttp.http_exceptions
 import grpc
 from aiohttp import web
 
@@ -48,6 +49,22 @@ _REFUSED_CONNECTION = (
     + b"Connection: close\r\n\r\n"
     + _REFUSED_CONNECTION_BODY
 )
+
+
+class _ProtocolErrorFilter(logging.Filter):
+    """Drops aiohttp's tracebacks of malformed requests (answered 400):
+    a client's mistake, not a server error."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, aiohttp.http_exceptions.HttpProcessingError):
+            logging.debug("Malformed HTTP request: %s", error)
+            return False
+        return True
+
+
+_PROTOCOL_LOGGER = logging.getLogger("serving.rest_server.http")
+_PROTOCOL_LOGGER.addFilter(_ProtocolErrorFilter())
 
 
 class _RefuseConnection(asyncio.Protocol):
@@ -162,6 +179,7 @@ class RestServer:
             self._handle,
             keepalive_timeout=self.idle_timeout_s,
             access_log=None,
+            logger=_PROTOCOL_LOGGER,
         )
         self._listener = await asyncio.get_running_loop().create_server(
             self._protocol,
@@ -203,6 +221,12 @@ class RestServer:
         self._listener.close()  # No new connections.
         self._web.pre_shutdown()  # Idle keep-alive connections close.
         await self._web.shutdown(grace_s)  # In-flight requests finish.
+        # Connection tasks cancelled above (lingering reads) end here,
+        # before the loop closes.
+        tasks = asyncio.all_tasks() - {asyncio.current_task()}
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # === Requests ===
 

@@ -293,12 +293,54 @@ def format_outputs(outputs):
 # === TensorProto <-> NumPy ===
 
 
+# A TensorProto may give fewer values than its shape holds (the last one
+# repeats); past this many elements that would let a few bytes allocate
+# gigabytes, so the values must all be there.
+MAX_PADDED_ELEMENTS = 2**20
+
+
+def _check_proto_size(proto, path):
+    """Refuses shapes the proto's values do not fill (before allocating)."""
+    dims = [d.size for d in proto.tensor_shape.dim]
+    if any(d < 0 for d in dims):
+        raise invalid_argument(
+            f"{path}: negative dimension in the TensorProto shape. "
+            f"Received: {dims}"
+        )
+    elements = int(np.prod(dims, dtype=object)) if dims else 1
+    if proto.tensor_content:
+        try:
+            item_size = tf.as_dtype(proto.dtype).size
+        except (TypeError, ValueError, KeyError):
+            return  # make_ndarray refuses the dtype
+        if len(proto.tensor_content) != elements * item_size:
+            raise invalid_argument(
+                f"{path}: tensor_content holds {len(proto.tensor_content)} "
+                f"bytes; shape {dims} of {tf.as_dtype(proto.dtype).name} "
+                f"needs {elements * item_size}"
+            )
+        return
+    values = sum(
+        len(value)
+        for field, value in proto.ListFields()
+        if field.name.endswith("_val")
+    )
+    if elements > max(values, MAX_PADDED_ELEMENTS):
+        raise invalid_argument(
+            f"{path}: shape {dims} has {elements} elements but the "
+            f"TensorProto gives {values} values"
+        )
+
+
 def tensor_proto_to_array(proto, path):
     """`tensorflow.TensorProto` -> np.ndarray (object of bytes for strings).
 
     Raises:
-        ServingError: INVALID_ARGUMENT for protos that do not decode.
+        ServingError: INVALID_ARGUMENT for protos that do not decode, or
+            whose shape is larger than their content (past
+            MAX_PADDED_ELEMENTS elements).
     """
+    _check_proto_size(proto, path)
     try:
         return tf.make_ndarray(proto)
     except (ValueError, TypeError, KeyError) as e:
