@@ -26,12 +26,14 @@ import concurrent.futures
 import json
 import logging
 import threading
+import time
 
 import aiohttp
 import aiohttp.http_exceptions
 import grpc
 from aiohttp import web
 
+from serving import metrics as metrics_lib
 from serving import rest
 from serving.errors import ServingError
 from serving.errors import invalid_argument
@@ -91,6 +93,8 @@ class RestServer:
             more are answered 503.
         workers: threads running `dispatch` (TensorFlow, faiss).
         backlog: listen queue length.
+        metrics: `serving.metrics.Metrics` that records every request and
+            is served at /monitoring/prometheus/metrics (None: off).
 
     Attributes (after start):
         server_address: (host, bound port).
@@ -110,6 +114,7 @@ class RestServer:
         max_in_flight=64,
         workers=4,
         backlog=1024,
+        metrics=None,
     ):
         self.api = api
         self.host, self.port = host, port
@@ -120,6 +125,7 @@ class RestServer:
         self.max_in_flight = max_in_flight
         self.workers = workers
         self.backlog = backlog
+        self.metrics = metrics
         self.server_address = None
         self.in_flight = 0
         self._loop = None
@@ -231,6 +237,17 @@ class RestServer:
     # === Requests ===
 
     async def _handle(self, request):
+        start = time.perf_counter()
+        response = await self._answer(request)
+        if self.metrics is not None:
+            self.metrics.observe(
+                metrics_lib.endpoint_of(request.method, request.path),
+                response.status,
+                time.perf_counter() - start,
+            )
+        return response
+
+    async def _answer(self, request):
         method = "GET" if request.method == "HEAD" else request.method
         if method not in ("GET", "POST"):
             return _response(
@@ -239,6 +256,8 @@ class RestServer:
                 )
             )
         body, error, close = None, None, False
+        if method == "GET" and request.path == metrics_lib.PATH:
+            return self._metrics_response()
         if method == "POST":
             body, error, close = await self._read_body(request)
         if self.in_flight >= self.max_in_flight:
@@ -282,6 +301,16 @@ class RestServer:
             await response.write_eof()
             request.protocol.force_close()
         return response
+
+    def _metrics_response(self):
+        if self.metrics is None:
+            answer = rest.json_answer(404, {"error": "Metrics are off."})
+        else:
+            text = self.metrics.render(
+                self.api.repository, self.api.search, self
+            )
+            answer = 200, text.encode("utf-8"), metrics_lib.CONTENT_TYPE
+        return _response(answer)
 
     async def _read_body(self, request):
         """(body, error, close) of a POST; close: False, True (after the

@@ -223,6 +223,7 @@ class Server:
 
     def _start(self):
         from serving.encoders import LocalEncoder
+        from serving.metrics import Metrics
         from serving.encoders import RemoteEncoder
         from serving.models import ModelRepository
         from serving.rest import RestApi
@@ -269,6 +270,7 @@ class Server:
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,
             workers=config.rest_workers,
+            metrics=Metrics(),
         ).start()
         self.rest_port = self._rest.server_address[1]
         if config.grpc_port is not None and self.repository is not None:
