@@ -334,9 +334,11 @@ class RestServer:
                 f"max_request_bytes={self.max_request_bytes}.",
             ), True
         try:
-            async with asyncio.timeout(self.request_timeout_s):
-                return await request.content.readexactly(length), None, False
-        except TimeoutError:
+            body = await asyncio.wait_for(
+                request.content.readexactly(length), self.request_timeout_s
+            )
+            return body, None, False
+        except asyncio.TimeoutError:  # Not TimeoutError before 3.11.
             return None, rest.HttpError(
                 408,
                 f"The request body of {length} bytes did not arrive within "
