@@ -17,6 +17,7 @@ exceptions with INTERNAL; the server keeps running.
 """
 
 import logging
+import time
 from concurrent import futures
 
 import grpc
@@ -33,15 +34,27 @@ from serving.errors import invalid_argument
 _SIGNATURE_DEF_FIELD = "signature_def"
 
 
-def _call(context, method, function):
-    """Runs `function()`; aborts the RPC with the error's status code."""
+def _call(context, method, function, metrics=None):
+    """Runs `function()`; aborts the RPC with the error's status code.
+
+    `metrics` (a `serving.metrics.Metrics`) records the call as endpoint
+    "grpc_<method>" with the status code's name.
+    """
+    start = time.perf_counter()
+    code, message = grpc.StatusCode.OK, None
     try:
         return function()
     except ServingError as e:
-        context.abort(e.code, e.message)
+        code, message = e.code, e.message
     except Exception as e:  # A bug answers INTERNAL; the server keeps going.
         logging.exception("Error answering gRPC %s", method)
-        context.abort(grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}")
+        code, message = grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+    finally:
+        if metrics is not None:
+            metrics.observe(
+                f"grpc_{method}", code.name, time.perf_counter() - start
+            )
+    context.abort(code, message)
 
 
 def _servable(repository, model_spec):
@@ -65,12 +78,15 @@ class PredictionServicer(
         max_batch_size: largest first dimension of an input.
     """
 
-    def __init__(self, repository, max_batch_size=64):
+    def __init__(self, repository, max_batch_size=64, metrics=None):
         self.repository = repository
         self.max_batch_size = max_batch_size
+        self.metrics = metrics
 
     def Predict(self, request, context):  # noqa: N802 (gRPC naming)
-        return _call(context, "Predict", lambda: self._predict(request))
+        return _call(
+            context, "Predict", lambda: self._predict(request), self.metrics
+        )
 
     def _predict(self, request):
         servable = _servable(self.repository, request.model_spec)
@@ -104,7 +120,10 @@ class PredictionServicer(
 
     def GetModelMetadata(self, request, context):  # noqa: N802
         return _call(
-            context, "GetModelMetadata", lambda: self._metadata(request)
+            context,
+            "GetModelMetadata",
+            lambda: self._metadata(request),
+            self.metrics,
         )
 
     def _metadata(self, request):
@@ -127,11 +146,17 @@ class PredictionServicer(
 class ModelStatusServicer(model_service_pb2_grpc.ModelServiceServicer):
     """GetModelStatus over a `ModelRepository`."""
 
-    def __init__(self, repository):
+    def __init__(self, repository, metrics=None):
         self.repository = repository
+        self.metrics = metrics
 
     def GetModelStatus(self, request, context):  # noqa: N802
-        return _call(context, "GetModelStatus", lambda: self._status(request))
+        return _call(
+            context,
+            "GetModelStatus",
+            lambda: self._status(request),
+            self.metrics,
+        )
 
     def _status(self, request):
         spec = request.model_spec
@@ -158,7 +183,13 @@ def _dtype_name(enum):
 
 
 def make_grpc_server(
-    repository, host, port, max_request_bytes, max_batch_size, max_workers=8
+    repository,
+    host,
+    port,
+    max_request_bytes,
+    max_batch_size,
+    max_workers=8,
+    metrics=None,
 ):
     """Creates (not starts) a gRPC server with both services.
 
@@ -168,6 +199,7 @@ def make_grpc_server(
         max_request_bytes: largest request message accepted.
         max_batch_size: largest first dimension of a Predict input.
         max_workers: threads answering RPCs concurrently.
+        metrics: `serving.metrics.Metrics` recording each call, or None.
 
     Returns:
         (grpc.Server, bound port).
@@ -184,10 +216,10 @@ def make_grpc_server(
         ],
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-        PredictionServicer(repository, max_batch_size), server
+        PredictionServicer(repository, max_batch_size, metrics), server
     )
     model_service_pb2_grpc.add_ModelServiceServicer_to_server(
-        ModelStatusServicer(repository), server
+        ModelStatusServicer(repository, metrics), server
     )
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:

@@ -1,8 +1,9 @@
 """Prometheus metrics at `GET /monitoring/prometheus/metrics` (TF Serving's
 path), in the text exposition format (version 0.0.4), hand-written.
 
-* `shrewd_serving_requests_total{endpoint, status}`: REST requests
-  answered (counter);
+* `shrewd_serving_requests_total{endpoint, status}`: requests answered
+  (counter): REST (status: the HTTP code) and gRPC (endpoint
+  "grpc_<method>", status: the gRPC code's name, e.g. INVALID_ARGUMENT);
 * `shrewd_serving_request_latency_seconds{endpoint, status}`: their latency
   from headers read to answer ready (histogram);
 * `shrewd_serving_model_versions{model, version, state}`: 1 per version
@@ -93,7 +94,7 @@ class Metrics:
     def observe(self, endpoint, status, seconds):
         """Records one answered request."""
         index = bisect.bisect_left(BUCKETS, seconds)
-        key = (endpoint, int(status))
+        key = (endpoint, str(status))
         with self._lock:
             row = self._requests.get(key)
             if row is None:
@@ -118,7 +119,7 @@ class Metrics:
             lines.append(f"# TYPE {_PREFIX}{name} {kind}")
 
         family(
-            "requests_total", "counter", "REST requests by endpoint, status."
+            "requests_total", "counter", "Requests by endpoint, status."
         )
         for (endpoint, status), row in sorted(requests.items()):
             labels = _labels(endpoint=endpoint, status=status)
@@ -128,7 +129,7 @@ class Metrics:
         family(
             "request_latency_seconds",
             "histogram",
-            "REST request latency (s) by endpoint, status.",
+            "Request latency (s) by endpoint, status.",
         )
         for (endpoint, status), row in sorted(requests.items()):
             cumulative = 0

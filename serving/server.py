@@ -196,12 +196,14 @@ class Server:
         grpc_port: bound gRPC port, or None.
         repository: `ModelRepository` or None.
         search: `SearchService` or None.
+        metrics: `serving.metrics.Metrics` of REST and gRPC requests.
     """
 
     def __init__(self, config):
         self.config = config
         self.repository = None
         self.search = None
+        self.metrics = None
         self.rest_port = None
         self.grpc_port = None
         self._rest = None
@@ -231,6 +233,7 @@ class Server:
         from serving.retrieval import SearchService
 
         config = self.config
+        self.metrics = Metrics()
         if config.export_root is not None:
             self.repository = ModelRepository(
                 config.export_root,
@@ -270,7 +273,7 @@ class Server:
             max_connections=config.max_connections,
             max_in_flight=config.max_in_flight,
             workers=config.rest_workers,
-            metrics=Metrics(),
+            metrics=self.metrics,
         ).start()
         self.rest_port = self._rest.server_address[1]
         if config.grpc_port is not None and self.repository is not None:
@@ -283,6 +286,7 @@ class Server:
                 config.max_request_bytes,
                 config.max_batch_size,
                 config.grpc_workers,
+                self.metrics,
             )
             self._grpc.start()
         logging.info(

@@ -2,8 +2,13 @@
 
 import re
 
+import grpc
 import numpy as np
 import pytest
+from tensorflow_serving.apis import get_model_status_pb2
+from tensorflow_serving.apis import model_service_pb2_grpc
+from tensorflow_serving.apis import predict_pb2
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving import metrics
 from serving.server import Server
@@ -46,7 +51,7 @@ def server(tmp_path_factory):
         export_root=str(root / "exports"),
         binary_index=str(root / "binary"),
         rest_port=0,
-        grpc_port=None,
+        grpc_port=0,
         poll_interval_s=3600,
     )
     with Server(config) as running:
@@ -127,3 +132,25 @@ def test_live_metrics_count_requests_versions_and_index(server):
     # The scrape itself is counted on the next one.
     again = _parse(http_bytes(port, metrics.PATH)[2].decode("utf-8"))
     assert again[total, '{endpoint="metrics",status="200"}'] == 1
+
+
+def test_grpc_calls_are_counted_by_method_and_code(server):
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.grpc_port}")
+    status_request = get_model_status_pb2.GetModelStatusRequest()
+    status_request.model_spec.name = "enc"
+    model_service_pb2_grpc.ModelServiceStub(channel).GetModelStatus(
+        status_request, timeout=30
+    )
+    bad = predict_pb2.PredictRequest()
+    bad.model_spec.name = "nope"
+    with pytest.raises(grpc.RpcError):
+        prediction_service_pb2_grpc.PredictionServiceStub(channel).Predict(
+            bad, timeout=30
+        )
+    channel.close()
+    samples = _parse(
+        http_bytes(server.rest_port, metrics.PATH)[2].decode("utf-8")
+    )
+    total = "shrewd_serving_requests_total"
+    assert samples[total, '{endpoint="grpc_GetModelStatus",status="OK"}'] == 1
+    assert samples[total, '{endpoint="grpc_Predict",status="NOT_FOUND"}'] == 1

@@ -152,3 +152,28 @@ def test_tensorflow_errors_keep_the_op_message_and_code():
     assert error.code == grpc.StatusCode.INVALID_ARGUMENT
     assert "Unknown image file format" in error.message
     assert "Graph execution error" not in error.message
+
+
+def test_tensor_protos_larger_than_their_values_are_refused_fast():
+    from tensorflow.core.framework import tensor_pb2
+    from tensorflow.core.framework import types_pb2
+
+    tensor_proto_to_array = tensors.tensor_proto_to_array
+    strings = tensor_pb2.TensorProto(dtype=types_pb2.DT_STRING)
+    strings.tensor_shape.dim.add(size=10**9)
+    strings.string_val.append(b"x")
+    with pytest.raises(ServingError, match="1000000000 elements"):
+        tensor_proto_to_array(strings, "inputs.x")
+    content = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    content.tensor_shape.dim.add(size=2**40)
+    content.tensor_content = b"\0" * 8
+    with pytest.raises(ServingError, match="tensor_content holds 8 bytes"):
+        tensor_proto_to_array(content, "inputs.x")
+    negative = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    negative.tensor_shape.dim.add(size=-1)
+    with pytest.raises(ServingError, match="negative dimension"):
+        tensor_proto_to_array(negative, "inputs.x")
+    padded = tensor_pb2.TensorProto(dtype=types_pb2.DT_FLOAT)
+    padded.tensor_shape.dim.add(size=4)
+    padded.float_val.append(0.5)  # TF repeats the last value
+    assert tensor_proto_to_array(padded, "inputs.x").tolist() == [0.5] * 4
