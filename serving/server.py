@@ -9,9 +9,10 @@ python -m serving --export-root exports --binary-index index/binary \\
 indexes (`shrewd_tf.retrieval.load_index`), then answers REST on `rest_port`
 (`serving.rest`) and gRPC on `grpc_port` (`serving.grpc_service`), each on
 its own threads, until `stop()` (REST: one asyncio event loop for every
-connection and a bounded worker pool, `serving.rest_server`). `serve(config)` does the same and blocks
-until SIGINT / SIGTERM. Ports 0 pick free ports (read them back from
-`server.rest_port` / `server.grpc_port`).
+connection and a bounded worker pool, `serving.rest_server`).
+`serve(config)` does the same and blocks until SIGINT / SIGTERM. Ports 0
+pick free ports (read them back from `server.rest_port` /
+`server.grpc_port`).
 """
 
 import argparse

@@ -52,7 +52,9 @@ def server(tmp_path_factory):
     scann = ScannIndex(brute_force=True).build(codes, ids)
     for index in (binary, scann):
         index.set_metadata(
-            ids, label=[int(i % 3) for i in ids], image_uri=["x.png"] * NUM_CODES
+            ids,
+            label=[int(i % 3) for i in ids],
+            image_uri=["x.png"] * NUM_CODES,
         )
     binary.save(str(root / "binary"))
     scann.save(str(root / "float"))

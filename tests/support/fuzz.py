@@ -164,7 +164,9 @@ def _wrong_types(rng):
         choice == 0
     ):
         body = [body]  # a bare scalar
-    return FuzzCase("wrong_types", path=rng.choice(_ROUTES[:2]), body=_json(body))
+    return FuzzCase(
+        "wrong_types", path=rng.choice(_ROUTES[:2]), body=_json(body)
+    )
 
 
 def _nan(rng):
@@ -450,7 +452,9 @@ def grpc_cases(seed=0):
         if dtype != tf.float32:
             r = request(signature="embed_pixels")
             r.inputs["pixels"].CopyFrom(
-                tf.make_tensor_proto(np.zeros([1, 2, 2, 3], dtype.as_numpy_dtype))
+                tf.make_tensor_proto(
+                    np.zeros([1, 2, 2, 3], dtype.as_numpy_dtype)
+                )
             )
             cases.append((f"pixels as {dtype.name}", r))
     for shape in ([], [3], [2, 2], [1, 2, 2], [1, 2, 2, 4], [0, 2, 2, 3],
