@@ -158,35 +158,24 @@ def check_run(result):
 
 
 @pytest.mark.large
-def test_cifar100_config_trains_on_cifar_shaped_data(tmp_path,
-                                                      restore_policy):
-    import tensorflow_datasets as tfds
-
-    (tmp_path / "tfds").mkdir()
-    config = shrunk("cifar100", tmp_path,
-                    **{"data.data_dir": str(tmp_path / "tfds")})
-    with tfds.testing.mock_data(num_examples=8):
-        result = trainer.train(config, verbose=0)
-    check_run(result)
-    assert result.model.input_shape[1:] == (32, 32, 3)
-    assert result.model.output["logits"].shape[-1] == 100
-    assert result.model.output["code"].shape[-1] == 64
-
-
-@pytest.mark.large
-def test_imagenet2012_config_trains_on_imagenet_shaped_data(tmp_path,
-                                                             restore_policy):
-    import tensorflow_datasets as tfds
-
-    (tmp_path / "tfds").mkdir()
-    config = shrunk("imagenet2012", tmp_path,
-                    **{"data.data_dir": str(tmp_path / "tfds")})
+@pytest.mark.parametrize("name,shape,classes", [
+    ("cifar100", (32, 32, 3), 100),
     # The mock's JPEGs have random sizes; the config resizes them to 224².
+    ("imagenet2012", (224, 224, 3), 1000),
+])
+def test_tfds_config_trains_on_data_of_its_shape(tmp_path, restore_policy,
+                                                  name, shape, classes):
+    import tensorflow_datasets as tfds
+
+    (tmp_path / "tfds").mkdir()
+    config = shrunk(name, tmp_path,
+                    **{"data.data_dir": str(tmp_path / "tfds")})
     with tfds.testing.mock_data(num_examples=8):
         result = trainer.train(config, verbose=0)
     check_run(result)
-    assert result.model.input_shape[1:] == (224, 224, 3)
-    assert result.model.output["logits"].shape[-1] == 1000
+    assert result.model.input_shape[1:] == shape
+    assert result.model.output["logits"].shape[-1] == classes
+    assert result.model.output["code"].shape[-1] == 64
 
 
 @pytest.mark.large
