@@ -35,7 +35,7 @@ import tensorflow as tf
 from shrewd_tf.config import ExperimentConfig
 from shrewd_tf.data import pipelines
 from shrewd_tf.data import records
-from shrewd_tf.data import sources
+from shrewd_tf.data import tfrecord_splits
 from shrewd_tf.training import distribution
 from shrewd_tf.training import objective as training
 from shrewd_tf.training import trainer
@@ -89,7 +89,7 @@ def write_records(directory, stored, read, classes, count, image_format):
 
 def experiment_data(directory, classes):
     info = records.DatasetInfo.load(directory)
-    train = sources.RecordSource(directory, "train", info)
+    train = tfrecord_splits.RecordSource(directory, "train", info)
     rng = np.random.default_rng(1)
     distances = rng.uniform(0.2, 1.0, (classes, classes))
     distances = (distances + distances.T) / 2

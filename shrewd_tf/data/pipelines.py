@@ -11,7 +11,7 @@ and evaluation batches are streamed, decoded in the graph by the one
 preprocessing function.
 
 Sources: Fashion-MNIST IDX files (`tfds_sources.load_fashion_mnist`,
-arrays), prepared tfds builders (`sources.TfdsSource`) and TFRecord
+arrays), prepared tfds builders (`tfds_sources.TfdsSource`) and TFRecord
 directories written by `python -m pipeline.make_tfrecords`
 (`tfrecord_splits.record_sources`). The class distances come from
 `class_semantics`, the batches from `image_dataset.make_image_dataset`.
@@ -248,7 +248,7 @@ def split_sources(data_config):
         shape = _image_shape(data_config, native or (0, 0, 3))
         test_split = "test" if name == "cifar100" else "validation"
         train, test = (
-            sources_lib.TfdsSource(name, split, data_config.data_dir, shape,
+            datasets.TfdsSource(name, split, data_config.data_dir, shape,
                                    limit=limit)
             for split, limit in zip(("train", test_split), limits)
         )

@@ -7,11 +7,13 @@ decoded, channels set, resized to `image_shape`). Nothing here holds a
 split's images in memory, except `ArraySource`, whose images are already
 an array (the Fashion-MNIST IDX files, tests):
 
-* `RecordSource`: TFRecord shards of a `make_tfrecords` directory, on any
-  file system `tf.io.gfile` reads (local, `gs://`, `s3://`, `hdfs://`).
-* `TfdsSource`: a prepared tfds builder under a user's `data_dir`; images
-  are decoded by the one preprocessing function, not by tfds.
-* `ArraySource`: in-memory arrays.
+* `tfrecord_splits.RecordSource`: TFRecord shards of a `make_tfrecords`
+  directory, on any file system `tf.io.gfile` reads (local, `gs://`,
+  `s3://`, `hdfs://`).
+* `tfds_sources.TfdsSource`: a prepared tfds builder under a user's
+  `data_dir`; images are decoded by the one preprocessing function, not
+  by tfds.
+* `ArraySource` (here): in-memory arrays.
 
 Streams (`examples`): with an `input_context` (from
 `strategy.distribute_datasets_from_function`), each input pipeline reads
@@ -32,16 +34,12 @@ records it is asked for (report grids).
 """
 
 import abc
-import json
 import logging
-import os
 
 import numpy as np
 import tensorflow as tf
 
-from shrewd_tf import io as io_lib
 from shrewd_tf.data import preprocess
-from shrewd_tf.data import records as records_lib
 
 log = logging.getLogger(__name__)
 
@@ -49,12 +47,7 @@ PARALLEL_READS = 8  # TFRecord files read at once per input pipeline
 DEFAULT_SHUFFLE_BUFFER = 10_000  # serialized records
 EPOCHS = 2**40  # a shuffled stream repeats "for ever"
 METADATA_BATCH = 1024
-# Images a tfds split's channel statistics are estimated from (ImageNet:
-# 50k of 1.28M; the estimate's error is far below what training notices).
-STATISTICS_SAMPLE = 50_000
 STATISTICS_BATCH = 256
-# Cached per-split statistics of a tfds builder, beside its data.
-TFDS_STATISTICS_DIR = "shrewd_statistics"
 
 IMAGE = "image"
 LABEL = "label"
@@ -185,17 +178,12 @@ class SplitSource(abc.ABC):
                 "embeddings": None}
 
     def _labels(self):
-        labels = [
-            batch for batch in self._raw()
-            .batch(METADATA_BATCH)
-            .map(self._labels_of_batch)
+        labels = list(
+            self._raw().map(self._raw_label).batch(METADATA_BATCH)
             .as_numpy_iterator()
-        ]
+        )
         return (np.concatenate(labels).astype(np.int64) if labels
                 else np.zeros(0, np.int64))
-
-    def _labels_of_batch(self, batch):
-        return self._decode_labels(batch)
 
     def label_counts(self):
         """{label: records} of the split (a label pass when not stored)."""
@@ -272,266 +260,6 @@ def streaming_channel_statistics(examples):
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     return mean.astype(np.float32), std.astype(np.float32)
-
-
-# === TFRecord shards (make_tfrecords directories) ===
-
-
-class RecordSource(SplitSource):
-    """A split of a `make_tfrecords` directory, on any file system.
-
-    Args:
-        directory: the directory (local path or `scheme://...`).
-        split: a split of its `dataset_info.json`.
-        info: its `records.DatasetInfo`.
-        image_shape: (H, W, C) to decode to (default: the records').
-        limit: first records only (see the module docs).
-    """
-
-    def __init__(self, directory, split, info, image_shape=None, limit=None):
-        self.directory, self.split, self.info = directory, split, info
-        self.image_shape = tuple(image_shape or info.image_shape)
-        self.embedding_dim = info.embedding_dim or None
-        self.limit = limit
-        self.files = io_lib.glob(info.file_pattern(split, directory))
-        if not self.files:
-            raise FileNotFoundError(
-                f"No TFRecord shards of split {split!r} in {directory}; "
-                "write them with `python -m pipeline.make_tfrecords`."
-            )
-
-    def num_records(self):
-        count = int(self.info.splits.get(self.split, 0))
-        if not count:
-            count = len(self.metadata()["labels"])
-        return count if self.limit is None else min(count, self.limit)
-
-    def _serialized(self, shuffle, seed, input_context):
-        files = tf.data.Dataset.from_tensor_slices(self.files)
-        pipelines = (input_context.num_input_pipelines if input_context
-                     else 1)
-        by_files = (pipelines > 1 and self.limit is None
-                    and len(self.files) >= pipelines)
-        if by_files:
-            files = files.shard(pipelines, input_context.input_pipeline_id)
-        if shuffle and self.limit is None:
-            files = files.batch(len(self.files)).map(
-                lambda names: tf.gather(names, stateless_permutation(
-                    len(self.files), seed))).unbatch()
-        # Unshuffled (evaluation, subsets): file after file, the order the
-        # records were written in. Shuffled: PARALLEL_READS files at once.
-        parallel = shuffle and self.limit is None
-        dataset = files.interleave(
-            tf.data.TFRecordDataset,
-            cycle_length=min(len(self.files), PARALLEL_READS) if parallel
-            else 1,
-            block_length=1,
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
-        if self.limit is not None:
-            dataset = dataset.take(self.limit)
-        return dataset, by_files
-
-    def _raw_label(self, serialized):
-        return tf.io.parse_single_example(
-            serialized, {"label": records_lib.feature_spec()["label"]}
-        )["label"]
-
-    def _decode(self, serialized):
-        features = records_lib.parse_example(
-            serialized, self.image_shape, self.embedding_dim
-        )
-        example = {IMAGE: features["image"], LABEL: features["label"]}
-        if self.embedding_dim:
-            example[EMBEDDING] = features["caption_embedding"]
-        return example
-
-    def _metadata_spec(self):
-        spec = records_lib.feature_spec(self.embedding_dim)
-        spec.pop("image")
-        return spec
-
-    def _decode_labels(self, batch):
-        spec = {"label": records_lib.feature_spec()["label"]}
-        return tf.io.parse_example(batch, spec)["label"]
-
-    def metadata(self):
-        parts = {"labels": [], "ids": [], "captions": [], "embeddings": []}
-        spec = self._metadata_spec()
-        batches = (self._raw().batch(METADATA_BATCH)
-                   .map(lambda b: tf.io.parse_example(b, spec)))
-        for batch in batches.as_numpy_iterator():
-            parts["labels"].append(batch["label"])
-            parts["ids"].extend(v.decode("utf-8") for v in batch["id"])
-            parts["captions"].extend(
-                v.decode("utf-8") for v in batch["caption"])
-            if self.embedding_dim:
-                parts["embeddings"].append(batch["caption_embedding"])
-        if not parts["labels"]:
-            raise ValueError(
-                f"{self.directory}: split {self.split!r} has no records")
-        return {
-            "labels": np.concatenate(parts["labels"]).astype(np.int64),
-            "ids": np.asarray(parts["ids"]),
-            "captions": np.asarray(parts["captions"]),
-            "embeddings": (
-                np.concatenate(parts["embeddings"]).astype(np.float32)
-                if self.embedding_dim else None),
-        }
-
-    def _stored(self):
-        """Statistics of `dataset_info.json` that apply (all records)."""
-        return None if self.limit is not None else self.info
-
-    def label_counts(self):
-        stored = self._stored() and self.info.label_counts(self.split)
-        return stored if stored else super().label_counts()
-
-    def channel_statistics(self):
-        stored = self._stored() and self.info.channel_statistics(self.split)
-        if stored:
-            if tuple(self.image_shape) != tuple(self.info.image_shape):
-                log.info(
-                    "%s: channel statistics of the stored %s images are "
-                    "used for training at %s", self.directory,
-                    tuple(self.info.image_shape), tuple(self.image_shape))
-            return stored
-        log.info(
-            "%s: dataset_info.json has no channel statistics of split %r "
-            "(written before they were stored): one streaming pass; rerun "
-            "`python -m pipeline.make_tfrecords` to store them",
-            self.directory, self.split)
-        return super().channel_statistics()
-
-
-# === Prepared tfds builders ===
-
-
-class TfdsSource(SplitSource):
-    """A split of a prepared tfds builder (never downloaded).
-
-    Images are read encoded (`tfds.decode.SkipDecoding`) and decoded by
-    `preprocess.preprocess_image`, as the exported model decodes a
-    client's bytes. Files are sharded per input pipeline through
-    `tfds.ReadConfig(input_context=...)` when the split has enough files
-    (else records are). The record count comes from the builder's info;
-    label counts (needed for held-out classes) take one pass over the
-    labels, channel statistics one over the first `STATISTICS_SAMPLE`
-    images; both are cached in `<data_dir>/shrewd_statistics/` when it is
-    writable.
-    """
-
-    def __init__(self, name, split, data_dir, image_shape, limit=None):
-        import tensorflow_datasets as tfds
-
-        from shrewd_tf.data import tfds_sources
-
-        tfds_sources.check_tfds_dir(name, data_dir)
-        self.name, self.split, self.data_dir = name, split, data_dir
-        self.image_shape = tuple(int(s) for s in image_shape)
-        self.limit = limit
-        self.builder = tfds.builder(name, data_dir=data_dir)
-
-    def _file_shards(self):
-        try:
-            return int(self.builder.info.splits[self.split].num_shards)
-        except (KeyError, TypeError):  # unknown (mocked builders)
-            return None
-
-    def _serialized(self, shuffle, seed, input_context):
-        import tensorflow_datasets as tfds
-
-        from shrewd_tf.data import tfds_sources
-
-        pipelines = (input_context.num_input_pipelines if input_context
-                     else 1)
-        shards = self._file_shards()
-        by_files = (pipelines > 1 and self.limit is None and shards
-                    and shards >= pipelines)
-        read_config = tfds.ReadConfig(
-            # tfds wants an int; the records are reshuffled per epoch by
-            # the seeded buffer after this.
-            shuffle_seed=0,
-            input_context=input_context if by_files else None,
-            interleave_cycle_length=PARALLEL_READS,
-            try_autocache=False,
-        )
-        dataset = tfds_sources.as_dataset(
-            self.builder, self.name, self.data_dir, self.split,
-            shuffle_files=bool(shuffle and self.limit is None),
-            decoders={"image": tfds.decode.SkipDecoding()},
-            read_config=read_config,
-        )
-        dataset = dataset.map(
-            lambda e: {IMAGE: e["image"], LABEL: e["label"]})
-        if self.limit is not None:
-            dataset = dataset.take(self.limit)
-        return dataset, bool(by_files)
-
-    def _raw_label(self, element):
-        return element[LABEL]
-
-    def _decode(self, element):
-        return {IMAGE: preprocess.preprocess_image(element[IMAGE],
-                                                   self.image_shape),
-                LABEL: element[LABEL]}
-
-    def _decode_labels(self, batch):
-        return batch[LABEL]
-
-    def _cached(self, kind, compute):
-        """A JSON value cached beside the data (when writable)."""
-        shape = "x".join(str(s) for s in self.image_shape)
-        limit = "" if self.limit is None else f"-first{self.limit}"
-        path = os.path.join(
-            self.data_dir, TFDS_STATISTICS_DIR,
-            f"{self.name}-{self.split}-{shape}{limit}-{kind}.json")
-        if io_lib.exists(path):
-            return json.loads(io_lib.read_text(path))
-        value = compute()
-        try:
-            io_lib.write_json_atomically(path, value)
-        except OSError as error:  # a read-only data_dir: not cached
-            log.warning("could not cache %s at %s: %s", kind, path, error)
-        return value
-
-    def num_records(self):
-        try:
-            count = int(self.builder.info.splits[self.split].num_examples)
-        except (KeyError, TypeError):  # unknown (mocked builders)
-            return int(sum(self.label_counts().values()))
-        return count if self.limit is None else min(count, self.limit)
-
-    def label_counts(self):
-        """One pass over the labels (images skipped), cached."""
-
-        def count():
-            log.info("%s %s: one pass over the labels", self.name,
-                     self.split)
-            values, counts = np.unique(super(TfdsSource, self).metadata()
-                                       ["labels"], return_counts=True)
-            return {str(int(v)): int(c) for v, c in zip(values, counts)}
-
-        return {int(k): int(v)
-                for k, v in self._cached("label_counts", count).items()}
-
-    def channel_statistics(self):
-        """Mean and std of the first `STATISTICS_SAMPLE` images (in the
-        builder's file order, which tfds shuffled when it prepared the
-        data), cached."""
-
-        def compute():
-            log.info("%s %s: channel statistics of the first %d images",
-                     self.name, self.split, STATISTICS_SAMPLE)
-            mean, std = streaming_channel_statistics(
-                self.examples().take(STATISTICS_SAMPLE))
-            return {"mean": mean.tolist(), "std": std.tolist(),
-                    "images": STATISTICS_SAMPLE}
-
-        stats = self._cached("channels", compute)
-        return (np.asarray(stats["mean"], np.float32),
-                np.asarray(stats["std"], np.float32))
 
 
 # === In-memory arrays ===

@@ -11,6 +11,8 @@ import tensorflow as tf
 
 from shrewd_tf.data import records as data_lib
 from shrewd_tf.data import sources
+from shrewd_tf.data import tfds_sources
+from shrewd_tf.data import tfrecord_splits
 from tests.support import sources as helpers
 
 
@@ -39,7 +41,7 @@ def keys(images):
 
 def test_unshuffled_stream_is_the_written_order(written):
     directory, info, arrays = written
-    source = sources.RecordSource(directory, "train", info)
+    source = tfrecord_splits.RecordSource(directory, "train", info)
     images, labels, embeddings = collect(source.examples())
     np.testing.assert_array_equal(images, arrays["train"]["images"])
     np.testing.assert_array_equal(labels, arrays["train"]["labels"])
@@ -50,7 +52,7 @@ def test_unshuffled_stream_is_the_written_order(written):
 
 def test_metadata_and_images_at_follow_the_stream(written):
     directory, info, arrays = written
-    source = sources.RecordSource(directory, "test", info, limit=20)
+    source = tfrecord_splits.RecordSource(directory, "test", info, limit=20)
     metadata = source.metadata()
     test = arrays["test"]
     np.testing.assert_array_equal(metadata["labels"], test["labels"][:20])
@@ -65,7 +67,7 @@ def test_metadata_and_images_at_follow_the_stream(written):
 
 def test_shuffle_is_a_function_of_the_seed_only(written):
     directory, info, arrays = written
-    source = sources.RecordSource(directory, "train", info)
+    source = tfrecord_splits.RecordSource(directory, "train", info)
 
     def first(seed, count=120):
         tf.random.set_seed(int(uuid.uuid4().int % 1000))  # must not matter
@@ -88,7 +90,7 @@ def test_pipelines_read_disjoint_shards_of_the_split(tmp_path, shards):
     arrays = helpers.write_tfrecord_dir(str(tmp_path), train=40, test=8,
                                         shards=shards)
     info = data_lib.DatasetInfo.load(str(tmp_path))
-    source = sources.RecordSource(str(tmp_path), "train", info)
+    source = tfrecord_splits.RecordSource(str(tmp_path), "train", info)
     parts = []
     for index in range(2):
         context = tf.distribute.InputContext(2, index, 2)
@@ -108,7 +110,7 @@ def test_record_sharded_replicas_see_the_single_process_batches(written):
     """Two pipelines' per-replica batches, step by step, are the halves of
     one pipeline's global batches (what one process with 2 replicas gets)."""
     directory, info, _ = written
-    source = sources.RecordSource(directory, "train", info, limit=48)
+    source = tfrecord_splits.RecordSource(directory, "train", info, limit=48)
     kwargs = dict(shuffle=True, seed=5, shard_batch=6, shuffle_buffer=20)
     single = keys(collect(source.examples(**kwargs).take(36))[0])
     halves = [
@@ -125,7 +127,7 @@ def test_record_sharded_replicas_see_the_single_process_batches(written):
 
 def test_excluded_labels_never_reach_the_stream(written):
     directory, info, arrays = written
-    source = sources.RecordSource(directory, "train", info)
+    source = tfrecord_splits.RecordSource(directory, "train", info)
     _, labels, _ = collect(source.examples(exclude_labels=(1, 3)))
     expected = arrays["train"]["labels"]
     np.testing.assert_array_equal(labels, expected[~np.isin(expected, [1, 3])])
@@ -134,7 +136,7 @@ def test_excluded_labels_never_reach_the_stream(written):
 def test_channel_statistics_stream_and_use_stored_ones(written, monkeypatch):
     directory, info, arrays = written
     pixels = arrays["train"]["images"].reshape(-1, 1).astype(np.float64)
-    source = sources.RecordSource(directory, "train", info)
+    source = tfrecord_splits.RecordSource(directory, "train", info)
     mean, std = source.channel_statistics()
     np.testing.assert_allclose(mean, pixels.mean(0), rtol=1e-6)
     np.testing.assert_allclose(std, pixels.std(0), rtol=1e-5)
@@ -149,13 +151,13 @@ def test_channel_statistics_stream_and_use_stored_ones(written, monkeypatch):
         raise AssertionError("stored statistics need no pass")
 
     monkeypatch.setattr(sources, "streaming_channel_statistics", no_pass)
-    source = sources.RecordSource(directory, "train", stored)
+    source = tfrecord_splits.RecordSource(directory, "train", stored)
     mean, std = source.channel_statistics()
     assert mean.tolist() == [1.5] and std.tolist() == [2.5]
     assert source.label_counts() == {0: 7, -1: 1}
     # A subset is not what the stored statistics describe.
     with pytest.raises(AssertionError, match="no pass"):
-        sources.RecordSource(directory, "train", stored,
+        tfrecord_splits.RecordSource(directory, "train", stored,
                              limit=10).channel_statistics()
 
 
@@ -168,7 +170,7 @@ def test_records_stream_from_a_non_local_file_system(written):
                          os.path.join(remote, name))
     remote_info = data_lib.DatasetInfo.load(remote)
     assert remote_info == info
-    source = sources.RecordSource(remote, "test", remote_info)
+    source = tfrecord_splits.RecordSource(remote, "test", remote_info)
     images, labels, _ = collect(source.examples())
     np.testing.assert_array_equal(images, arrays["test"]["images"])
     np.testing.assert_array_equal(labels, arrays["test"]["labels"])
@@ -200,17 +202,17 @@ def test_tfds_source_streams_and_caches_its_statistics(tmp_path):
     import tensorflow_datasets as tfds
 
     with tfds.testing.mock_data(num_examples=6):
-        source = sources.TfdsSource("cifar100", "train", str(tmp_path),
+        source = tfds_sources.TfdsSource("cifar100", "train", str(tmp_path),
                                     (16, 16, 3))
         images, labels, _ = collect(source.examples())
         assert images.shape == (6, 16, 16, 3) and len(labels) == 6
         mean, std = source.channel_statistics()
         assert source.num_records() == 6  # a label pass (mocks lack info)
-        cache = tmp_path / sources.TFDS_STATISTICS_DIR
+        cache = tmp_path / tfds_sources.TFDS_STATISTICS_DIR
         assert sorted(p.name for p in cache.iterdir()) == [
             "cifar100-train-16x16x3-channels.json",
             "cifar100-train-16x16x3-label_counts.json"]
-        assert sources.TfdsSource(
+        assert tfds_sources.TfdsSource(
             "cifar100", "train", str(tmp_path), (16, 16, 3)
         ).channel_statistics()[0].tolist() == mean.tolist()  # cached
         np.testing.assert_allclose(
