@@ -204,14 +204,14 @@ def exporter(context):
 def index_builder(context):
     """The database split encoded with the export, indexed (Beam)."""
     from pipeline import build_index
-    from shrewd_tf.data import records as data
+    from shrewd_tf.data import image_files
     from shrewd_tf.retrieval import builder as retrieval_builder
 
     cfg = context.config
     tfrecord_dir = context.inputs["semantics"].outputs["tfrecord_dir"]
     # The database images as files, for the web page (--image-root).
     image_root = os.path.join(context.directory, "images")
-    data.write_image_files(tfrecord_dir, cfg["database_split"], image_root)
+    image_files.write_image_files(tfrecord_dir, cfg["database_split"], image_root)
     result = build_index.run(build_index.BuildIndexOptions(
         tfrecord_dir=tfrecord_dir,
         saved_model=context.inputs["exporter"].outputs["saved_model"],
@@ -286,7 +286,8 @@ def make_stages(experiment, pipeline):
                       "index_kinds": list(pipeline.index_kinds),
                       "binary_method": pipeline.binary_method,
                       "beam_options": beam},
-              code=("pipeline.build_index", "shrewd_tf.data.records")),
+              code=("pipeline.build_index", "shrewd_tf.data.records",
+                    "shrewd_tf.data.image_files")),
     ]
 
 
