@@ -315,9 +315,9 @@ def build_parser():
             "at /."
         ),
     )
-    from serving import server as serving_server
+    from serving import config as serving_config
 
-    serving_server.add_arguments(serve)
+    serving_config.add_arguments(serve)
     serve.set_defaults(run=_serve)
 
     pipeline_parser = commands.add_parser(
