@@ -49,6 +49,9 @@ class ServerConfig:
         shutdown_grace_s: on stop, time in-flight requests get to finish.
         grpc_workers: threads answering gRPC calls.
         warmup: replay `assets.extra/tf_serving_warmup_requests` on load.
+        batching: `serving.batching_parameters.BatchingParameters` to batch
+            concurrent predicts and image-search encodes (TF Serving's
+            --enable_batching), or None: each request runs alone.
     """
 
     export_root: str = None
@@ -75,6 +78,7 @@ class ServerConfig:
     shutdown_grace_s: float = 10.0
     grpc_workers: int = 8
     warmup: bool = True
+    batching: object = None
 
     def __post_init__(self):
         for name in (
@@ -106,6 +110,14 @@ class ServerConfig:
                 raise ValueError(
                     f"`{name}` must be > 0. "
                     f"Received: {name}={getattr(self, name)!r}"
+                )
+        if self.batching is not None:
+            from serving.batching_parameters import BatchingParameters
+
+            if not isinstance(self.batching, BatchingParameters):
+                raise ValueError(
+                    "`batching` must be a BatchingParameters or None. "
+                    f"Received: batching={self.batching!r}"
                 )
         if not self.shutdown_grace_s >= 0:
             raise ValueError(
@@ -206,6 +218,19 @@ def add_arguments(parser):
     parser.add_argument(
         "--no-warmup", action="store_true", help="skip the warmup requests"
     )
+    parser.add_argument(
+        "--enable-batching",
+        action="store_true",
+        help="batch concurrent predicts and image-search encodes, as "
+        "tensorflow_model_server --enable_batching",
+    )
+    parser.add_argument(
+        "--batching-parameters-file",
+        metavar="FILE",
+        help="TF Serving BatchingParameters text proto (max_batch_size, "
+        "batch_timeout_micros, num_batch_threads, ...); implies "
+        "--enable-batching (default parameters without it)",
+    )
     return parser
 
 
@@ -236,4 +261,26 @@ def config_from_args(args):
         shutdown_grace_s=args.shutdown_grace_s,
         grpc_workers=args.grpc_workers,
         warmup=not args.no_warmup,
+        batching=_batching_from_args(args),
     )
+
+
+def _batching_from_args(args):
+    """BatchingParameters of the batching options, or None (off).
+
+    Raises:
+        ValueError: an unreadable or invalid parameters file.
+    """
+    from serving import batching_parameters
+
+    path = args.batching_parameters_file
+    if path is not None:
+        try:
+            return batching_parameters.read_batching_parameters_file(path)
+        except OSError as e:
+            raise ValueError(
+                f"--batching-parameters-file {path}: cannot be read ({e})."
+            ) from None
+    if args.enable_batching:
+        return batching_parameters.BatchingParameters()
+    return None

@@ -9,7 +9,9 @@ path), in the text exposition format (version 0.0.4), hand-written.
 * `shrewd_serving_model_versions{model, version, state}`: 1 per version
   known to the repository;
 * `shrewd_serving_index_size{mode}`: codes in each loaded index;
-* `shrewd_serving_in_flight_requests`, `shrewd_serving_open_connections`.
+* `shrewd_serving_in_flight_requests`, `shrewd_serving_open_connections`;
+* with batching on: `shrewd_serving_batch_size` (histogram of the rows per
+  executed batch, padding excluded).
 
 Endpoints are a fixed set (`endpoint_of`), so a client cannot grow the
 label space with made-up paths.
@@ -84,9 +86,15 @@ def _number(value):
 
 
 class Metrics:
-    """Thread-safe request counts and latency histograms."""
+    """Thread-safe request counts and latency histograms.
 
-    def __init__(self):
+    Args:
+        scheduler: `serving.batching.BatchScheduler` whose batch sizes are
+            exported, or None.
+    """
+
+    def __init__(self, scheduler=None):
+        self.scheduler = scheduler
         self._lock = threading.Lock()
         # (endpoint, status) -> [count per bucket..., +Inf count, sum]
         self._requests = {}
@@ -181,4 +189,31 @@ class Metrics:
             lines.append(
                 f"{_PREFIX}open_connections {rest_server.connections}"
             )
+        if self.scheduler is not None:
+            family(
+                "batch_size",
+                "histogram",
+                "Rows per executed batch (padding excluded).",
+            )
+            lines.extend(_batch_size_lines(self.scheduler))
         return "\n".join(lines) + "\n"
+
+
+def _batch_size_lines(scheduler):
+    """Histogram lines of the scheduler's batch sizes (powers of 2)."""
+    sizes = scheduler.batch_size_counts()
+    largest = scheduler.parameters.max_batch_size
+    bounds, bound = [], 1
+    while bound < largest:
+        bounds.append(bound)
+        bound *= 2
+    bounds.append(largest)
+    name = _PREFIX + "batch_size"
+    lines = []
+    for bound in bounds + [float("inf")]:
+        count = sum(n for size, n in sizes.items() if size <= bound)
+        lines.append(f"{name}_bucket{_labels(le=_number(bound))} {count}")
+    total = sum(size * n for size, n in sizes.items())
+    lines.append(f"{name}_sum {total}")
+    lines.append(f"{name}_count {sum(sizes.values())}")
+    return lines

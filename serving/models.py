@@ -105,10 +105,17 @@ class ModelRepository:
             each poll).
         poll_interval_s: seconds between polls of the file system.
         warmup: replay `assets.extra/tf_serving_warmup_requests` on load.
+        scheduler: `serving.batching.BatchScheduler` that batches the
+            signature runs of every version, or None (no batching).
     """
 
     def __init__(
-        self, export_root, model_names=None, poll_interval_s=2.0, warmup=True
+        self,
+        export_root,
+        model_names=None,
+        poll_interval_s=2.0,
+        warmup=True,
+        scheduler=None,
     ):
         if poll_interval_s <= 0:
             raise ValueError(
@@ -119,6 +126,7 @@ class ModelRepository:
         self.model_names = None if model_names is None else list(model_names)
         self.poll_interval_s = poll_interval_s
         self.warmup = warmup
+        self.scheduler = scheduler
         self._served = {}  # name -> Servable
         self._status = {}  # name -> {version: VersionStatus}
         self._failed = {}  # (name, version) -> fingerprint of the failed files
@@ -214,7 +222,7 @@ class ModelRepository:
         self._set_status(name, VersionStatus(version, State.LOADING))
         started = time.monotonic()
         try:
-            servable = Servable(name, version, path)
+            servable = Servable(name, version, path, self.scheduler)
             warmed = servable.warm_up() if self.warmup else 0
         except Exception as e:  # Any load failure skips this version.
             error = e if isinstance(e, ServingError) else None

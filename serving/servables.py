@@ -34,20 +34,25 @@ class Signature:
     Args:
         name: signature key, e.g. `contract.SERVING_SIGNATURE`.
         function: the SavedModel's signature `ConcreteFunction`.
+        scheduler: `serving.batching.BatchScheduler` that batches `run`
+            with concurrent runs, or None (each run calls the function).
 
     Attributes:
         inputs: {name: tf.TensorSpec} the function takes.
         outputs: {name: tf.TensorSpec} it returns.
     """
 
-    def __init__(self, name, function):
+    def __init__(self, name, function, scheduler=None):
         self.name = name
         self._function = function
+        self._scheduler = scheduler
         _, self.inputs = function.structured_input_signature
         self.outputs = dict(function.structured_outputs)
 
     def run(self, arrays, max_batch_size=None, output_filter=()):
-        """Runs the signature on NumPy inputs.
+        """Runs the signature on NumPy inputs (batched with concurrent runs
+        when the servable has a `serving.batching.BatchScheduler` and every
+        input has a batch dimension of the same size).
 
         Args:
             arrays: {input name: np.ndarray}, exactly the signature's inputs,
@@ -62,8 +67,21 @@ class Signature:
             ServingError: INVALID_ARGUMENT for missing / extra inputs, wrong
                 dtype or shape, a batch over `max_batch_size`, unknown output
                 names, or an op error on the values (e.g. an undecodable
-                image); the op's own code for other TF errors.
+                image); the op's own code for other TF errors; UNAVAILABLE
+                when the batch queue is full.
         """
+        feeds = self._feeds(arrays, max_batch_size, output_filter)
+        output_filter = tuple(output_filter)
+        sizes = {t.shape[0] if t.shape.rank else None for t in feeds.values()}
+        if self._scheduler is None or len(sizes) != 1 or None in sizes:
+            return self._call(feeds, output_filter)
+        (size,) = sizes
+        if size == 0:
+            return self._call(feeds, output_filter)
+        return self._scheduler.run(self._call, feeds, size, output_filter)
+
+    def _feeds(self, arrays, max_batch_size, output_filter):
+        """{input name: tf.Tensor} of checked, converted inputs."""
         if set(arrays) != set(self.inputs):
             raise invalid_argument(
                 f"Signature {self.name!r} takes inputs {sorted(self.inputs)}. "
@@ -97,6 +115,10 @@ class Signature:
                     f"Input {name!r} cannot be converted to "
                     f"{spec.dtype.name}: {e}"
                 ) from None
+        return feeds
+
+    def _call(self, feeds, output_filter):
+        """One call of the signature function: {output name: np.ndarray}."""
         try:
             results = self._function(**feeds)
         except tf.errors.OpError as e:
@@ -130,12 +152,14 @@ class Servable:
         name: model name.
         version: int version (its directory name).
         path: the version directory.
+        scheduler: `serving.batching.BatchScheduler` batching its
+            signatures' runs, or None.
 
     Raises:
         Exception: whatever loading raises (a missing / corrupt SavedModel).
     """
 
-    def __init__(self, name, version, path):
+    def __init__(self, name, version, path, scheduler=None):
         self.name = name
         self.version = version
         self.path = path
@@ -143,7 +167,7 @@ class Servable:
         self.signature_defs = signatures.signature_defs(path, SERVE_TAG)
         self._loaded = tf.saved_model.load(path, tags=[SERVE_TAG])
         self.signatures = {
-            key: Signature(key, function)
+            key: Signature(key, function, scheduler)
             for key, function in self._loaded.signatures.items()
         }
 

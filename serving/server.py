@@ -77,12 +77,14 @@ class Server:
         repository: `ModelRepository` or None.
         search: `SearchService` or None.
         metrics: `serving.metrics.Metrics` of REST and gRPC requests.
+        scheduler: `serving.batching.BatchScheduler` when batching is on.
     """
 
     def __init__(self, config):
         self.config = config
         self.repository = None
         self.search = None
+        self.scheduler = None
         self.metrics = None
         self.rest_port = None
         self.grpc_port = None
@@ -113,13 +115,18 @@ class Server:
         from serving.retrieval import SearchService
 
         config = self.config
-        self.metrics = Metrics()
+        if config.batching is not None and config.export_root is not None:
+            from serving.batching import BatchScheduler
+
+            self.scheduler = BatchScheduler(config.batching).start()
+        self.metrics = Metrics(scheduler=self.scheduler)
         if config.export_root is not None:
             self.repository = ModelRepository(
                 config.export_root,
                 model_names=config.model_names,
                 poll_interval_s=config.poll_interval_s,
                 warmup=config.warmup,
+                scheduler=self.scheduler,
             ).start()
         indexes = _load_indexes(config)
         if config.encoder_url is not None:
@@ -194,6 +201,9 @@ class Server:
         if self._grpc is not None:
             grpc_stopped.wait()
             self._grpc = None
+        if self.scheduler is not None:
+            self.scheduler.stop()
+            self.scheduler = None
         if self.repository is not None:
             self.repository.stop()
             self.repository = None
