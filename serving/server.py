@@ -114,6 +114,11 @@ class Server:
 
         config = self.config
         self.metrics = Metrics()
+        class_similarity = None  # A bad matrix fails before models load.
+        if config.class_distances is not None:
+            from serving.semantic import ClassSimilarity
+
+            class_similarity = ClassSimilarity.load(config.class_distances)
         if config.export_root is not None:
             self.repository = ModelRepository(
                 config.export_root,
@@ -141,6 +146,7 @@ class Server:
                 ),
                 max_k=config.max_k,
                 image_root=config.image_root,
+                class_similarity=class_similarity,
             )
         api = RestApi(self.repository, self.search, config.max_batch_size)
         self._rest = RestServer(
