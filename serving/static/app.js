@@ -10,6 +10,8 @@ const $ = (id) => document.getElementById(id);
 
 // {num_classes, class_names} of the server's class-distance matrix, or null.
 let classes = null;
+// The last search's arguments, rerun when the query class is changed.
+let lastQuery = null;
 
 // Viridis stops: similarity 0 (unrelated class) .. 1 (same class). A
 // sequential, colour-blind-safe scale, so the hierarchy's levels read as
@@ -133,8 +135,14 @@ function showQueryInfo(answer, ms) {
   $("query-time").textContent = ms.toFixed(1) + " ms";
   $("query-model").textContent = answer.model === null ? "none" :
     answer.model + (answer.model_version ? " v" + answer.model_version : "");
-  $("query-class").textContent = answer.query_label === undefined ? "" :
-    "· query class " + className(answer.query_label);
+  if (answer.query_label !== undefined) {
+    $("query-class").textContent = "· query class " + className(answer.query_label);
+  } else if (classes) {
+    $("query-class").textContent =
+      "· query class unknown (the model has no logits): choose a query class";
+  } else {
+    $("query-class").textContent = "";
+  }
   $("query-info").hidden = false;
   $("legend").hidden = answer.query_label === undefined;
 }
@@ -155,9 +163,11 @@ function bytesToBase64(buffer) {
   return btoa(binary);
 }
 
-// Searches with image bytes; `label` is the query's known class (a
-// database item's), sent when the server has class distances.
+// Searches with image bytes. The query's class, sent when the server has
+// class distances: the one chosen under "Query class", else `label` (a
+// database item's), else none (the server predicts it from the logits).
 async function search(imageBuffer, queryUrl, label) {
+  lastQuery = [imageBuffer, queryUrl, label];
   const query = $("query");
   query.replaceChildren();
   if (queryUrl) {
@@ -172,7 +182,9 @@ async function search(imageBuffer, queryUrl, label) {
   };
   if ($("mode").value) body.mode = $("mode").value;
   if ($("model").value.trim()) body.model = $("model").value.trim();
-  if (classes && Number.isInteger(label)) body.label = label;
+  const chosen = $("query-label").value;
+  if (classes && chosen !== "") body.label = parseInt(chosen, 10);
+  else if (classes && Number.isInteger(label)) body.label = label;
   document.body.dataset.state = "searching";
   setStatus("Searching…");
   $("results").replaceChildren();
@@ -220,6 +232,15 @@ async function loadDatabase() {
     return;
   }
   classes = page.classes || null;
+  if (classes) {
+    for (let c = 0; c < classes.num_classes; c++) {
+      const option = document.createElement("option");
+      option.value = String(c);
+      option.textContent = className(c);
+      $("query-label").appendChild(option);
+    }
+    $("query-label-control").hidden = false;
+  }
   $("legend-bar").style.background = "linear-gradient(to right, " +
     SCALE.map(([s]) => similarityColour(s) + " " + s * 100 + "%").join(", ") +
     ")";
@@ -258,6 +279,10 @@ async function loadDatabase() {
     }
   }
 }
+
+$("query-label").addEventListener("change", () => {
+  if (lastQuery) search(...lastQuery);
+});
 
 $("upload").addEventListener("change", async (event) => {
   const file = event.target.files[0];

@@ -347,3 +347,39 @@ def test_without_class_distances_the_page_shows_no_similarities(
         assert page.evaluate(
             "getComputedStyle(document.getElementById('legend')).display"
         ) == "none"
+
+
+def test_choosing_the_query_class_recolours_the_results(
+    server, browser, tmp_path
+):
+    pixels = np.broadcast_to(np.array([90, 90, 30], np.uint8), (6, 6, 3))
+    page, png = _upload(server, browser, tmp_path, pixels)
+    chosen = 8
+    page.evaluate(
+        "(() => { const s = document.getElementById('query-label');"
+        f" s.value = '{chosen}';"
+        " s.dispatchEvent(new Event('change')); })()"
+    )
+    page.wait_for(
+        "document.body.dataset.state === 'results' && document"
+        f".getElementById('query-class').innerText.endsWith('({chosen})')"
+    )
+    status, answer = http_json(
+        server.rest_port,
+        "POST",
+        "/v1/search",
+        {"image": b64(png), "k": 12, "label": chosen},
+    )
+    assert status == 200
+    assert answer["query_label"] == chosen
+    cards = page.evaluate(_CARDS_JS)
+    assert [c["id"] for c in cards] == [
+        str(hit["id"]) for hit in answer["results"]
+    ]
+    assert [c["similarity"] for c in cards] == pytest.approx(
+        [hit["similarity"] for hit in answer["results"]]
+    )
+    for c in cards:
+        assert c["border"] == page.evaluate(
+            f"similarityColour({c['similarity']})"
+        )
