@@ -335,7 +335,8 @@ class SearchService:
         Returns:
             {"count", "offset", "indexes": describe(), "items": [{"id",
             "metadata", "image_url"}], "classes": {"num_classes",
-            "class_names"} of the class-distance matrix, or None}.
+            "class_names", "min_similarity"} of the class-distance matrix,
+            or None}.
         """
         index = self._main_index()
         page = (

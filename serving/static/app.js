@@ -24,9 +24,19 @@ const SCALE = [
   [1.0, [253, 231, 37]],
 ];
 
-// "rgb(r, g, b)" of a similarity in [0, 1] (linear between the stops).
+// The least similarity between two classes of the matrix: the scale spans
+// [low, 1], so a matrix whose similarities lie in [0.56, 1] (Fashion-MNIST,
+// WUP) uses all of it.
+function scaleLow() {
+  const low = classes ? classes.min_similarity : 0;
+  return typeof low === "number" && low >= 0 && low < 1 ? low : 0;
+}
+
+// "rgb(r, g, b)" of a similarity (linear between the stops over
+// [scaleLow(), 1]).
 function similarityColour(similarity) {
-  const s = Math.min(1, Math.max(0, similarity));
+  const low = scaleLow();
+  const s = Math.min(1, Math.max(0, (similarity - low) / (1 - low)));
   for (let i = 1; i < SCALE.length; i++) {
     const [s1, c1] = SCALE[i];
     if (s <= s1) {
@@ -242,8 +252,8 @@ async function loadDatabase() {
     $("query-label-control").hidden = false;
   }
   $("legend-bar").style.background = "linear-gradient(to right, " +
-    SCALE.map(([s]) => similarityColour(s) + " " + s * 100 + "%").join(", ") +
-    ")";
+    SCALE.map(([, c]) => "rgb(" + c.join(", ") + ")").join(", ") + ")";
+  $("legend-low").textContent = scaleLow().toFixed(2) + " least related";
   const modes = Object.keys(page.indexes);
   for (const mode of modes) {
     const option = document.createElement("option");

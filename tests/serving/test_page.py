@@ -383,3 +383,22 @@ def test_choosing_the_query_class_recolours_the_results(
         assert c["border"] == page.evaluate(
             f"similarityColour({c['similarity']})"
         )
+
+
+def test_colour_scale_spans_the_matrix_similarities(server, browser):
+    page = browser.new_page()
+    page.navigate(f"http://127.0.0.1:{server.rest_port}/")
+    page.wait_for("classes !== null")
+    assert _text(page, "legend-low") == "0.00 least related"
+    # A matrix whose similarities lie in [0.5, 1] (Fashion-MNIST's WUP:
+    # [0.56, 1]) uses the whole scale: 0.5 is its dark end, 0.75 its middle.
+    colours = page.evaluate(
+        "(() => { classes = {...classes, min_similarity: 0.5};"
+        " return [0.3, 0.5, 0.75, 1].map(similarityColour); })()"
+    )
+    assert colours == [
+        UNRELATED_COLOUR,
+        UNRELATED_COLOUR,
+        "rgb(33, 145, 140)",  # the middle stop of app.js SCALE
+        SAME_CLASS_COLOUR,
+    ]

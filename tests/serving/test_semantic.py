@@ -61,6 +61,7 @@ def test_similarities_match_hand_computed_values(tmp_path):
     assert semantic.describe() == {
         "num_classes": NUM_CLASSES,
         "class_names": NAMES,
+        "min_similarity": pytest.approx(0.1),
     }
     for (query, label), expected in SIMILARITY.items():
         got = semantic.result_similarity(query, {"label": label})
@@ -282,7 +283,8 @@ def test_database_page_gives_the_classes(server):
     status, page = http_json(server.rest_port, "GET", "/v1/database?limit=2")
     assert status == 200
     assert page["classes"] == {"num_classes": NUM_CLASSES,
-                               "class_names": NAMES}
+                               "class_names": NAMES,
+                               "min_similarity": pytest.approx(0.1)}
 
 
 def test_without_a_matrix_answers_have_no_similarities(database):
