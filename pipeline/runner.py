@@ -315,6 +315,9 @@ def run(config_path=DEFAULT_CONFIG, overrides=None, force=()):
                 f"--{kind.serving_mode}-index {index_out[kind.name]}"
             )
     serve.append(f"--image-root {index_out['image_root']}")
+    class_distances = results["semantics"][0].outputs.get("class_distances")
+    if class_distances:  # the page colours results by class similarity
+        serve.append(f"--class-distances {class_distances}")
     print(f"== report: {report_path}")
     print(f"== serve the index: {' '.join(serve)}")
     print("   then open http://127.0.0.1:8501/")

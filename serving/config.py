@@ -30,6 +30,10 @@ class ServerConfig:
         float_index: directory of a saved `ScannIndex`.
         image_root: folder the web page's images are served from
             (metadata image_uri resolved inside it; None: no images).
+        class_distances: the `[C, C]` class-distance `.npy` of the
+            dataset (the pipeline's `<run>/semantics/class_distances.npy`):
+            search answers then give each result's class similarity to the
+            query's class (`serving.semantic`; None: no similarities).
         host: address to bind; 127.0.0.1 (loopback only) by default.
         rest_port: REST port (0: any free port).
         grpc_port: gRPC port (0: any free port; None: no gRPC).
@@ -62,6 +66,7 @@ class ServerConfig:
     binary_index: str = None
     float_index: str = None
     image_root: str = None
+    class_distances: str = None
     host: str = "127.0.0.1"
     rest_port: int = 8501
     grpc_port: int = 8500
@@ -144,6 +149,12 @@ class ServerConfig:
                     f"binary_index or float_index. Received: encoder_url="
                     f"{self.encoder_url!r} without an index"
                 )
+        if self.class_distances is not None and not has_index:
+            raise ValueError(
+                "`class_distances` annotates /v1/search results: give "
+                "binary_index or float_index. Received: class_distances="
+                f"{self.class_distances!r} without an index"
+            )
 
 
 # === Command line ===
@@ -186,6 +197,13 @@ def add_arguments(parser):
         metavar="DIR",
         help="folder the database images are served from "
         "(image_uri inside it)",
+    )
+    parser.add_argument(
+        "--class-distances",
+        metavar="FILE",
+        help="the dataset's C x C class-distance matrix (.npy, e.g. the "
+        "pipeline's <run>/semantics/class_distances.npy): search results "
+        "get their class similarity to the query's class",
     )
     parser.add_argument("--host", default=defaults["host"])
     parser.add_argument("--rest-port", type=int, default=defaults["rest_port"])
@@ -245,6 +263,7 @@ def config_from_args(args):
         binary_index=args.binary_index,
         float_index=args.float_index,
         image_root=args.image_root,
+        class_distances=args.class_distances,
         host=args.host,
         rest_port=args.rest_port,
         grpc_port=None if args.grpc_port < 0 else args.grpc_port,

@@ -23,6 +23,9 @@ The default mode is "binary" when a binary index is loaded, else "float".
 The answer lists the non-padding neighbours, nearest first:
 `{"results": [{"id", "distance", "metadata": {label, caption, image_uri},
 "image_url"}], "mode", "distance", "exact", "k", "model", "model_version"}`.
+With a class-distance matrix (`--class-distances`), a request may name
+the query's class (`"label": int`) and the answer adds "query_label" and
+each result's "similarity" (`serving.semantic`).
 """
 
 import logging
@@ -37,6 +40,7 @@ from serving.encoders import decode_b64
 from serving.errors import ServingError
 from serving.errors import invalid_argument
 from serving.errors import not_found
+from serving.semantic import NoClassSimilarity
 from shrewd_tf import contract
 from shrewd_tf.contract import BITS_OUTPUT
 from shrewd_tf.contract import CODE_OUTPUT
@@ -91,6 +95,8 @@ class SearchService:
         max_k: largest k a request may ask for.
         image_root: folder images are served from; image_uri values are
             resolved against it and must stay inside it (None: no images).
+        class_similarity: `serving.semantic.ClassSimilarity` annotating
+            answers with class similarities, or None.
     """
 
     def __init__(
@@ -100,6 +106,7 @@ class SearchService:
         default_model=None,
         max_k=1000,
         image_root=None,
+        class_similarity=None,
     ):
         unknown = set(indexes) - set(contract.SERVING_MODES)
         if unknown:
@@ -114,6 +121,7 @@ class SearchService:
         self.image_root = (
             None if image_root is None else os.path.realpath(image_root)
         )
+        self.semantic = class_similarity or NoClassSimilarity()
 
     def describe(self):
         """{mode: {count, code_bits, distance, exact, index_type}}."""
@@ -181,15 +189,18 @@ class SearchService:
                 f"{', '.join(repr(key) for key in QUERY_KEYS)}. "
                 f"Received keys: {sorted(request)}"
             )
+        query_label = self.semantic.request_label(request)
         model, version = None, None
         if IMAGE_QUERY in request:
             default = self.default_model
             model = request.get("model") or (
                 default() if callable(default) else default
             )
-            query, version = self._encode_image(
+            query, version, outputs = self._encode_image(
                 model, request[IMAGE_QUERY], mode, index
             )
+            if query_label is None:
+                query_label = self.semantic.predicted_label(outputs, model)
         elif CODE_OUTPUT in request:
             query = self._float_query(request[CODE_OUTPUT], index)
         else:
@@ -210,7 +221,7 @@ class SearchService:
             distances = distances.astype(str).astype(np.float64)
         distances = distances.tolist()
         rows = _metadata_rows(index, ids)
-        return {
+        answer = {
             "model": model,
             "model_version": None if version is None else str(version),
             "mode": mode,
@@ -227,6 +238,7 @@ class SearchService:
                 for key, distance, row in zip(ids, distances, rows)
             ],
         }
+        return self.semantic.annotate(answer, query_label)
 
     def _float_query(self, code, index):
         if not isinstance(code, list) or not all(
@@ -301,9 +313,9 @@ class SearchService:
             self._check_width(
                 8 * value.shape[0], index, f"{model} output bits"
             )
-            return unpack_bits(value).astype(np.float32), version
+            return unpack_bits(value).astype(np.float32), version, outputs
         self._check_width(value.shape[0], index, f"{model} output code")
-        return value.astype(np.float32), version
+        return value.astype(np.float32), version, outputs
 
     # --- database listing and images ---
 
@@ -322,7 +334,9 @@ class SearchService:
 
         Returns:
             {"count", "offset", "indexes": describe(), "items": [{"id",
-            "metadata", "image_url"}]}.
+            "metadata", "image_url"}], "classes": {"num_classes",
+            "class_names", "min_similarity"} of the class-distance matrix,
+            or None}.
         """
         index = self._main_index()
         page = (
@@ -335,6 +349,7 @@ class SearchService:
             "count": 0 if index is None else len(index),
             "offset": offset,
             "indexes": self.describe(),
+            "classes": self.semantic.describe(),
             "items": [
                 {
                     "id": key,

@@ -115,6 +115,11 @@ class Server:
         from serving.retrieval import SearchService
 
         config = self.config
+        class_similarity = None  # A bad matrix fails before models load.
+        if config.class_distances is not None:
+            from serving.semantic import ClassSimilarity
+
+            class_similarity = ClassSimilarity.load(config.class_distances)
         if config.batching is not None and config.export_root is not None:
             from serving.batching import BatchScheduler
 
@@ -148,6 +153,7 @@ class Server:
                 ),
                 max_k=config.max_k,
                 image_root=config.image_root,
+                class_similarity=class_similarity,
             )
         api = RestApi(self.repository, self.search, config.max_batch_size)
         self._rest = RestServer(

@@ -9,7 +9,10 @@ signatures, as TF Serving sees an exported encoder:
 
 The encoder: mean RGB over the pixels / 255, minus 0.5, times a fixed
 random projection W [3, d] (seeded), times 4, sigmoid; bits are code > 0.5
-packed MSB-first. `reference_encode` recomputes it in NumPy.
+packed MSB-first. `reference_encode` recomputes it in NumPy. With
+`num_classes`, the signatures also output "logits" float32 [N, num_classes]
+(mean RGB / 255 - 0.5 times another seeded projection; `reference_logits`),
+as a label-trained export does.
 """
 
 import io
@@ -31,11 +34,21 @@ def projection(code_bits, seed):
     )
 
 
+def logits_projection(num_classes, seed):
+    """The fixed projection [3, num_classes] of an encoder's logits."""
+    return projection(num_classes, seed + 1000)
+
+
 class _Encoder(tf.Module):
-    def __init__(self, code_bits, seed):
+    def __init__(self, code_bits, seed, num_classes=None):
         super().__init__()
         self.w = tf.Variable(projection(code_bits, seed))
         self.code_bits = code_bits
+        self.w_logits = (
+            None
+            if num_classes is None
+            else tf.Variable(logits_projection(num_classes, seed))
+        )
 
     def _encode(self, pooled):
         code = tf.sigmoid(tf.matmul(pooled / 255.0 - 0.5, self.w) * SCALE)
@@ -43,7 +56,13 @@ class _Encoder(tf.Module):
             tf.cast(code > 0.5, tf.uint8), [-1, self.code_bits // 8, 8]
         )
         weights = tf.constant([128, 64, 32, 16, 8, 4, 2, 1], tf.uint8)
-        return {"code": code, "bits": tf.reduce_sum(bits * weights, axis=-1)}
+        outputs = {
+            "code": code,
+            "bits": tf.reduce_sum(bits * weights, axis=-1),
+        }
+        if self.w_logits is not None:
+            outputs["logits"] = tf.matmul(pooled / 255.0 - 0.5, self.w_logits)
+        return outputs
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def serve_bytes(self, image_bytes):
@@ -64,9 +83,10 @@ class _Encoder(tf.Module):
         return self._encode(tf.reduce_mean(pixels, axis=[1, 2]))
 
 
-def write_encoder(path, code_bits=16, seed=0):
-    """Saves the encoder SavedModel to `path` (a version directory)."""
-    module = _Encoder(code_bits, seed)
+def write_encoder(path, code_bits=16, seed=0, num_classes=None):
+    """Saves the encoder SavedModel to `path` (a version directory); with
+    `num_classes`, it also outputs "logits"."""
+    module = _Encoder(code_bits, seed, num_classes)
     tf.saved_model.save(
         module,
         os.fspath(path),
@@ -92,6 +112,13 @@ def reference_encode(pixels, code_bits=16, seed=0):
     pooled = pixels.mean(axis=(1, 2)) / 255.0 - 0.5
     code = 1.0 / (1.0 + np.exp(-SCALE * pooled @ projection(code_bits, seed)))
     return code.astype(np.float32), np.packbits(code > 0.5, axis=1)
+
+
+def reference_logits(pixels, num_classes, seed=0):
+    """NumPy logits of an encoder written with `num_classes`: [N, C]."""
+    pixels = np.asarray(pixels, dtype=np.float64)
+    pooled = pixels.mean(axis=(1, 2)) / 255.0 - 0.5
+    return pooled @ logits_projection(num_classes, seed)
 
 
 def random_image(rng, size=6):
