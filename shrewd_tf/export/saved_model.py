@@ -191,7 +191,11 @@ def _check_model_input(model, image_shape):
 
 
 def _add_endpoints(archive, model, preprocessing):
-    """Adds `encode_images` (-> serving_default) and `encode_pixels`."""
+    """Adds `encode_images` (-> serving_default) and `encode_pixels`.
+
+    Both return "code" float32 [N, d], "bits" uint8 [N, d / 8] and, when
+    the model has a classification head, "logits" float32 [N, classes].
+    """
     import tensorflow as tf
 
     from shrewd_tf.data import preprocess
@@ -202,10 +206,16 @@ def _add_endpoints(archive, model, preprocessing):
     def encode(images):
         outputs = model(images, training=False)
         code = tf.cast(outputs[contract.CODE_OUTPUT], tf.float32)
-        return {
+        result = {
             contract.CODE_OUTPUT: code,
             contract.BITS_OUTPUT: pack_bits(code),
         }
+        if contract.LOGITS_OUTPUT in outputs:
+            # The predicted class (the page colours results by it).
+            result[contract.LOGITS_OUTPUT] = tf.cast(
+                outputs[contract.LOGITS_OUTPUT], tf.float32
+            )
+        return result
 
     def encode_pixels(pixels):
         return encode(

@@ -63,7 +63,9 @@ def test_signatures_names_dtypes_shapes(exported):
     }
     for name in signatures:
         outputs = signatures[name].structured_outputs
-        assert sorted(outputs) == ["bits", "code"]
+        assert sorted(outputs) == ["bits", "code", "logits"]
+        assert outputs["logits"].dtype == tf.float32
+        assert outputs["logits"].shape.as_list() == [None, 4]
         assert outputs["code"].dtype == tf.float32
         assert outputs["code"].shape.as_list() == [None, 16]
         assert outputs["bits"].dtype == tf.uint8
@@ -81,6 +83,10 @@ def test_png_codes_match_the_keras_model(run, exported):
     )
     expected = keras_codes(model, images, mean, std)
     np.testing.assert_allclose(served["code"].numpy(), expected, atol=1e-5)
+    logits = model(
+        (images.astype(np.float32) - mean) / std, training=False
+    )["logits"].numpy()
+    np.testing.assert_allclose(served["logits"].numpy(), logits, atol=1e-4)
     bits = served["bits"].numpy()
     assert bits.dtype == np.uint8
     np.testing.assert_array_equal(

@@ -28,7 +28,7 @@ def test_signature_defs_of_the_serve_meta_graph(exported):
     images = defs[contract.IMAGES_SIGNATURE]
     assert list(images.inputs) == [contract.IMAGES_INPUT]
     assert sorted(images.outputs) == sorted(
-        [contract.CODE_OUTPUT, contract.BITS_OUTPUT]
+        [contract.CODE_OUTPUT, contract.BITS_OUTPUT, contract.LOGITS_OUTPUT]
     )
     with pytest.raises(ValueError, match="no MetaGraphDef tagged 'gpu'"):
         signatures.signature_defs(exported[1], tag="gpu")
@@ -54,6 +54,7 @@ def test_inspect_signature_of_an_export(exported):
     assert info.input_name == contract.IMAGES_INPUT
     assert info.outputs == {
         contract.CODE_OUTPUT: (None, 16), contract.BITS_OUTPUT: (None, 2),
+        contract.LOGITS_OUTPUT: (None, 4),
     }
 
 
