@@ -44,11 +44,12 @@ class ServerConfig:
         encoder_timeout_s: timeout of a forwarded encoder request (s).
         request_timeout_s: time a REST request body may take to arrive (s;
             408 after).
-        idle_timeout_s: REST keep-alive: a connection without a request
-            for this long is closed (s).
+        idle_timeout_s: keep-alive: a REST or gRPC connection without a
+            request for this long is closed (s).
         max_connections: open REST connections; more get 503 and close.
         max_in_flight: REST requests waiting for or running on the
-            workers; more get 503 UNAVAILABLE.
+            workers; more get 503 UNAVAILABLE. gRPC has its own count of
+            the same size; more get RESOURCE_EXHAUSTED.
         rest_workers: threads running REST requests (TensorFlow, faiss).
         shutdown_grace_s: on stop, time in-flight requests get to finish.
         grpc_workers: threads answering gRPC calls.

@@ -190,6 +190,8 @@ def make_grpc_server(
     max_batch_size,
     max_workers=8,
     metrics=None,
+    max_in_flight=None,
+    idle_timeout_s=None,
 ):
     """Creates (not starts) a gRPC server with both services.
 
@@ -200,6 +202,10 @@ def make_grpc_server(
         max_batch_size: largest first dimension of a Predict input.
         max_workers: threads answering RPCs concurrently.
         metrics: `serving.metrics.Metrics` recording each call, or None.
+        max_in_flight: RPCs running or waiting for a worker; one more is
+            answered RESOURCE_EXHAUSTED at once (None: unbounded queue).
+        idle_timeout_s: a connection without an RPC for this long is
+            closed (None: kept).
 
     Returns:
         (grpc.Server, bound port).
@@ -207,13 +213,19 @@ def make_grpc_server(
     Raises:
         RuntimeError: if the address cannot be bound.
     """
+    options = [
+        ("grpc.max_receive_message_length", max_request_bytes),
+        ("grpc.max_send_message_length", -1),
+        ("grpc.so_reuseport", 0),
+    ]
+    if idle_timeout_s is not None:
+        options.append(
+            ("grpc.max_connection_idle_ms", int(idle_timeout_s * 1000))
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers),
-        options=[
-            ("grpc.max_receive_message_length", max_request_bytes),
-            ("grpc.max_send_message_length", -1),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=options,
+        maximum_concurrent_rpcs=max_in_flight,
     )
     prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
         PredictionServicer(repository, max_batch_size, metrics), server

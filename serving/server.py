@@ -180,6 +180,8 @@ class Server:
                 config.max_batch_size,
                 config.grpc_workers,
                 self.metrics,
+                max_in_flight=config.max_in_flight,
+                idle_timeout_s=config.idle_timeout_s,
             )
             self._grpc.start()
         logging.info(

@@ -298,3 +298,63 @@ def test_grpc_client_and_new_version_pickup(export_root, tmp_path):
                 pinned.predict_images([png])
         assert info.value.code == grpc.StatusCode.NOT_FOUND
         client.close()
+
+
+def test_rpcs_over_max_in_flight_are_refused_at_once(export_root):
+    # Batching with a 10-minute timeout holds the first RPCs in the batch
+    # queue until max_batch_size rows arrive, so max_in_flight RPCs are
+    # certainly in flight when the next one comes.
+    from serving.batching_parameters import BatchingParameters
+
+    in_flight = 2
+    config = ServerConfig(
+        export_root=str(export_root),
+        rest_port=0,
+        grpc_port=0,
+        poll_interval_s=3600,
+        max_in_flight=in_flight,
+        warmup=False,
+        batching=BatchingParameters(
+            max_batch_size=in_flight + 1,
+            batch_timeout_micros=600_000_000,
+            num_batch_threads=1,
+        ),
+    )
+    pngs = [_png(seed)[1] for seed in range(in_flight)]
+    with Server(config) as server, grpc.insecure_channel(
+        f"127.0.0.1:{server.grpc_port}"
+    ) as channel:
+        stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        held = [
+            stub.Predict.future(
+                _request(image_bytes=np.array([png])), timeout=TIMEOUT
+            )
+            for png in pngs
+        ]
+        deadline = time.monotonic() + TIMEOUT
+        while server.scheduler.queued_rows() < in_flight:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with pytest.raises(grpc.RpcError) as error:
+            stub.Predict(
+                _request(image_bytes=np.array([pngs[0]])), timeout=TIMEOUT
+            )
+        assert error.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        # A REST predict fills the batch: the held RPCs are answered.
+        from tests.support.http import b64
+        from tests.support.http import http_json
+
+        status, _ = http_json(
+            server.rest_port, "POST", "/v1/models/enc:predict",
+            {"instances": [b64(pngs[0])]},
+        )
+        assert status == 200
+        for future, png in zip(held, pngs):
+            code = np.asarray(
+                tf.make_ndarray(future.result(TIMEOUT).outputs["code"])
+            )
+            pixels = _png(pngs.index(png))[0]
+            expected, _ = saved_models.reference_encode(
+                pixels[None], CODE_BITS
+            )
+            np.testing.assert_allclose(code, expected, atol=1e-6)
