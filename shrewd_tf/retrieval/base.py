@@ -121,6 +121,10 @@ class RetrievalIndex:
     def get_config(self):
         raise NotImplementedError
 
+    def _manifest_fields(self):
+        """Extra manifest fields of the subclass (read in `_read_engine`)."""
+        return {}
+
     @classmethod
     def default_params(cls, codes):
         """Constructor arguments `build_index` derives from `codes`."""
@@ -266,6 +270,7 @@ class RetrievalIndex:
             "count": len(self),
             "id_type": "str" if self._ids.dtype.kind == "U" else "int64",
             "config": self.get_config(),
+            **self._manifest_fields(),
         }
 
         def write_data(data_dir):
