@@ -38,7 +38,7 @@ _AUTO_PARAMS = ("nlist", "nprobe", "rerank_candidates", "recall_check")
 
 def auto_nlist(count):
     """IVF lists "auto" uses for `count` codes."""
-    return max(1, min(AUTO_MAX_NLIST, round(2 * math.sqrt(count))))
+    return max(1, min(count, AUTO_MAX_NLIST, round(2 * math.sqrt(count))))
 
 
 def new_binary_index(code_bits, method, **kwargs):
