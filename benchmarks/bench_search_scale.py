@@ -133,6 +133,29 @@ def alternate_load(ports, bodies, duration_s):
     return latencies, answers
 
 
+def search_histogram(port):
+    """{le: count} of the server's successful /v1/search latencies, from
+    its Prometheus histogram (time from request to answer inside the
+    server: the rest of the client's latency is loopback and scheduling)."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    connection.request("GET", "/monitoring/prometheus/metrics")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    counts = {}
+    for line in text.splitlines():
+        if line.startswith("shrewd_serving_request_latency_seconds_bucket{") \
+                and 'endpoint="search"' in line and 'status="200"' in line:
+            bound = line.split('le="')[1].split('"')[0]
+            counts[bound] = float(line.rsplit(" ", 1)[1])
+    return counts
+
+
+def share_within(before, after, bound):
+    """Share of the searches between two histograms answered <= bound."""
+    total = after["+Inf"] - before.get("+Inf", 0.0)
+    return (after[bound] - before.get(bound, 0.0)) / total
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--codes", type=int, default=10_000_000)
@@ -201,9 +224,19 @@ def main(argv=None):
             ports = {name: port for name, (_, port) in servers.items()}
             # The first search builds the id set of metadata lookups.
             alternate_load(ports, bodies, 3.0)
+            before = {name: search_histogram(port)
+                      for name, port in ports.items()}
             latencies, answers = alternate_load(
                 ports, bodies, args.duration_s
             )
+            shares = {
+                name: {
+                    bound: share_within(before[name], search_histogram(port),
+                                        bound)
+                    for bound in ("0.0025", "0.005")
+                }
+                for name, port in ports.items()
+            }
         finally:
             for process, _ in servers.values():
                 process.terminate()
@@ -236,7 +269,9 @@ def main(argv=None):
         print(f"{labels[name] + ' /v1/search':<52}{'':>9}{p50:>9.2f}"
               f"{p99:>9.2f}{str(answers[name].get('exact')):>7}"
               f"{'-' if recall is None else f'{recall:.4f}':>8}"
-              f"   {len(latencies[name])} requests")
+              f"   {len(latencies[name])} requests; in the server "
+              f"<= 2.5 ms: {shares[name]['0.0025']:.1%}, <= 5 ms: "
+              f"{shares[name]['0.005']:.1%}")
     raw50, raw99 = percentiles(times["raw"])
     flat50, flat99 = percentiles(times["flat"])
     print(f"\nours flat / raw faiss, in-process: p50 x{flat50 / raw50:.3f}, "

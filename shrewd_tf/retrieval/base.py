@@ -335,9 +335,11 @@ class RetrievalIndex:
         return INT_ID_PAD
 
     def _rows_to_ids(self, rows):
-        missing = rows < 0
         if not len(self._ids):
             return np.full(rows.shape, self._id_pad(), dtype=self._ids.dtype)
+        missing = rows < 0
+        if not missing.any():  # the usual case: one gather, no masks
+            return self._ids[rows]
         ids = self._ids[np.where(missing, 0, rows)]
         ids[missing] = self._id_pad()
         return ids

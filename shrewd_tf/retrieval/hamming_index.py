@@ -45,11 +45,14 @@ from shrewd_tf.retrieval.rerank import rerank_l1
 log = logging.getLogger(__name__)
 
 
-
 @contextlib.contextmanager
 def _faiss_threads(num_threads):
-    """Runs faiss on `num_threads` OpenMP threads, restoring the old count."""
+    """Runs faiss on `num_threads` OpenMP threads, restoring the old count
+    (no calls into OpenMP when it is already that count)."""
     previous = faiss.omp_get_max_threads()
+    if previous == num_threads:
+        yield
+        return
     faiss.omp_set_num_threads(num_threads)
     try:
         yield
