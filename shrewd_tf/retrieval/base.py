@@ -64,6 +64,7 @@ from shrewd_tf.retrieval.files import IDS_FILE
 from shrewd_tf.retrieval.files import MANIFEST_FILE
 from shrewd_tf.retrieval.files import METADATA_FILE
 from shrewd_tf.retrieval.files import IndexFormatError
+from shrewd_tf.retrieval.metadata import SortedIds
 from shrewd_tf.retrieval.metadata import metadata_rows
 from shrewd_tf.retrieval.metadata import update_metadata
 from shrewd_tf.retrieval.arrays import HAMMING_PAD
@@ -246,12 +247,13 @@ class RetrievalIndex:
         return self._code_width
 
     def _known_ids(self):
-        """The set of ids, cached until the id array changes (O(1) lookups:
-        a search result's metadata costs microseconds, not a scan of N)."""
-        cache = getattr(self, "_id_set_cache", None)
+        """The ids, sorted for binary search (`metadata.SortedIds`), cached
+        until the id array changes: a search result's metadata costs
+        microseconds, not a scan of N."""
+        cache = getattr(self, "_known_ids_cache", None)
         if cache is None or cache[0] is not self._ids:
-            cache = (self._ids, set(self._ids.tolist()))
-            self._id_set_cache = cache
+            cache = (self._ids, SortedIds(self._ids))
+            self._known_ids_cache = cache
         return cache[1]
 
     # --- persistence ---
