@@ -66,8 +66,9 @@ def _warn_unmeasured(mode, directory, index):
     if recall is None or recall < report.target:
         logging.warning(
             "The %s index %s (%s) is approximate and its recorded recall "
-            "is %s: rebuild it (shrewd index build) to measure it, or use "
-            "method flat for exact results",
+            "is %s: rebuild it with `shrewd index build --binary-method "
+            "auto` (measures recall, falls back to flat) for answers of "
+            "known quality",
             mode, directory, index.method,
             "missing" if recall is None else f"{recall:.4f} < "
             f"{report.target}",

@@ -20,8 +20,9 @@ The queries are codes of the index itself, left out of their own answer
 (`RecallCheck.leave_one_out`, default): each query searches k + 1 and
 one distance-0 neighbour (itself) is removed from the found and the exact
 lists, so recall is that of a new code from the same distribution. Without
-it every query finds itself in its own IVF list, which inflated recall@10
-at 1.2M clustered codes from 0.978 (fresh queries) to 0.995.
+it every query finds itself in its own IVF list: at 10M clustered codes
+nprobe=1 measured 0.9901 with the self-matches and 0.9891 without, so the
+self-matches alone would have passed it.
 
 Memory: the exact side scans the codes in chunks of `EXACT_CHUNK_ROWS`
 with `faiss.knn_hamming` (no copy of the codes, no second index); besides
