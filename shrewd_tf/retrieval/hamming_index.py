@@ -36,10 +36,10 @@ from shrewd_tf.retrieval.files import IndexFormatError
 from shrewd_tf.retrieval.hamming_params import METHOD_PARAMS
 from shrewd_tf.retrieval.hamming_params import SEARCH_PARAMS
 from shrewd_tf.retrieval.hamming_params import checked_params
-from shrewd_tf.retrieval.recall import NPROBE_STEPS
 from shrewd_tf.retrieval.recall import RecallCheck
-from shrewd_tf.retrieval.recall import RecallReport
 from shrewd_tf.retrieval.recall import measure_recall
+from shrewd_tf.retrieval.recall import nprobe_settings
+from shrewd_tf.retrieval.recall import report_of_manifest
 from shrewd_tf.retrieval.rerank import rerank_l1
 
 log = logging.getLogger(__name__)
@@ -227,6 +227,11 @@ class BinaryHammingIndex(RetrievalIndex):
                 f"Search parameters of method={self.method!r} are "
                 f"{list(allowed)}. Received: {sorted(unknown)}"
             )
+        if self._engine is not None and params.get("nprobe", 0) is None:
+            raise ValueError(
+                "nprobe=None (tuned) applies at build; give a number. "
+                "Received: nprobe=None"
+            )
         self.params = self._checked_params({**self.params, **params})
         self._requested_params.update(params)
         if self._engine is not None:
@@ -348,9 +353,7 @@ class BinaryHammingIndex(RetrievalIndex):
             return
         settings = [self._search_settings()]
         if self.method == "ivf" and self._requested_params["nprobe"] is None:
-            cap = min(self.recall_check.max_nprobe, self.params["nlist"])
-            settings = [{"nprobe": p} for p in NPROBE_STEPS if p < cap]
-            settings.append({"nprobe": cap})
+            settings = nprobe_settings(self.params["nlist"], self.recall_check)
 
         def search(setting, queries, k):
             self.params.update(setting)
@@ -444,14 +447,7 @@ class BinaryHammingIndex(RetrievalIndex):
             )
         self._engine = engine
         self._apply_search_params()
-        self.recall_report = None
-        if "recall" in manifest:
-            try:
-                self.recall_report = RecallReport.from_json(manifest["recall"])
-            except ValueError as e:
-                raise IndexFormatError(
-                    f"{os.path.dirname(data_dir)}: manifest.json: {e}"
-                ) from e
+        self.recall_report = report_of_manifest(manifest, data_dir)
         if self.rerank:
             self._float_codes = np.load(
                 os.path.join(data_dir, "float_codes.npy"), allow_pickle=False

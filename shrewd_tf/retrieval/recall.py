@@ -31,11 +31,14 @@ top-k, whatever N.
 """
 
 import dataclasses
+import os
 
 import faiss
 import numpy as np
 
 from shrewd_tf.retrieval.arrays import HAMMING_PAD
+from shrewd_tf.retrieval.files import MANIFEST_FILE
+from shrewd_tf.retrieval.files import IndexFormatError
 
 # Rows of packed codes per exact-search chunk (faiss reads them in place).
 EXACT_CHUNK_ROWS = 1 << 20
@@ -153,7 +156,31 @@ class RecallReport:
         return report
 
 
+def report_of_manifest(manifest, data_dir):
+    """The `RecallReport` of a loaded manifest, None without "recall".
+
+    Raises:
+        IndexFormatError: a malformed "recall", naming the manifest.
+    """
+    if "recall" not in manifest:
+        return None
+    try:
+        return RecallReport.from_json(manifest["recall"])
+    except ValueError as e:
+        path = os.path.join(os.path.dirname(data_dir), MANIFEST_FILE)
+        raise IndexFormatError(f"{path}: {e}") from e
+
+
 # === Measuring ===
+
+
+def nprobe_settings(nlist, check):
+    """The nprobe values ivf tuning tries: NPROBE_STEPS below the cap
+    min(check.max_nprobe, nlist), then the cap itself."""
+    cap = min(check.max_nprobe, nlist)
+    return [{"nprobe": p} for p in NPROBE_STEPS if p < cap] + [
+        {"nprobe": cap}
+    ]
 
 
 def sample_rows(count, size, seed):

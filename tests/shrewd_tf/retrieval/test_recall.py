@@ -199,6 +199,8 @@ def test_changed_settings_or_codes_drop_the_measured_recall(codes):
     assert index.measured_recall is None
     index.add(codes[2000:2010])
     assert index.recall_report is None and index.measured_recall is None
+    with pytest.raises(ValueError, match="nprobe=None"):
+        index.set_search_params(nprobe=None)
 
 
 # === Manifest ===
