@@ -10,6 +10,12 @@ for sub-linear search) and "clustered" learned-like codes (1000 random
 centres, each bit flipped with p=0.05). Float codes are the bits pushed
 away from 0.5 by a uniform margin, so they binarise back to the bits.
 
+Build times of the sub-linear methods include the build-time recall check
+(`shrewd_tf.retrieval.recall`: an exact scan for 1,000 sampled codes, and
+for ivf the nprobe tuning); the sweeps then set each value in turn. The
+side-by-side figures of `binary_method="auto"` at 10M, in-process and over
+HTTP, are `bench_search_scale.py`'s.
+
 Recall@k for Hamming search is tie-aware: the overlap of the multisets of
 returned and exact distances, over k (ids are arbitrary among ties).
 

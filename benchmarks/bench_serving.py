@@ -21,6 +21,10 @@ direct table read.
     python benchmarks/bench_serving.py                   # 1M codes, ~4 min
     python benchmarks/bench_serving.py --n 100000 --threads 8 --duration_s 5
 
+Exact vs IVF at 10M codes (raw faiss, our flat path and the index
+`binary_method="auto"` serves, in-process and over HTTP, side by side) is
+`bench_search_scale.py`.
+
 Server and clients share the machine's cores (on a 2-core machine the
 client threads take a good part of the CPU): read the numbers as a lower
 bound of what a dedicated server does.

@@ -2,7 +2,7 @@
 
     python -m pipeline.build_index --tfrecord-dir data/fmnist \\
         --saved-model exports/shrewd --output-dir indexes/fmnist \\
-        [--split test] [--index both|binary|scann] [--binary-method flat] \\
+        [--split test] [--index both|binary|scann] [--binary-method auto] \\
         [--no-rerank] [--direct_num_workers=2 \\
          --direct_running_mode=multi_processing]
 

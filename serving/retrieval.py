@@ -22,10 +22,14 @@ The default mode is "binary" when a binary index is loaded, else "float".
 
 The answer lists the non-padding neighbours, nearest first:
 `{"results": [{"id", "distance", "metadata": {label, caption, image_uri},
-"image_url"}], "mode", "distance", "exact", "k", "model", "model_version"}`.
-With a class-distance matrix (`--class-distances`), a request may name
-the query's class (`"label": int`) and the answer adds "query_label" and
-each result's "similarity" (`serving.semantic`).
+"image_url"}], "mode", "distance", "exact", "recall", "k", "model",
+"model_version"}`. "exact" is true when the index returns the exact top-k
+(`index.is_exact`); "recall" is the recall@k the index's build measured
+against exact search (`shrewd_tf.retrieval.recall`, k in `/v1/database`'s
+"recall_k"), null for exact indexes and for approximate ones that recorded
+none. With a class-distance matrix (`--class-distances`), a request may
+name the query's class (`"label": int`) and the answer adds "query_label"
+and each result's "similarity" (`serving.semantic`).
 """
 
 import logging
@@ -70,6 +74,17 @@ def _metadata_rows(index, ids):
 def code_width(index):
     """Code width (bits / float dimensions) an index was built with."""
     return index.code_width
+
+
+def measured_recall(index):
+    """(recall, k) measured at build for the index's settings, or (None,
+    None): exact, or nothing recorded (`shrewd_tf.retrieval.recall`)."""
+    recall = None if index.is_exact else getattr(
+        index, "measured_recall", None
+    )
+    if recall is None:
+        return None, None
+    return float(recall), int(index.recall_report.k)
 
 
 def _distance_name(index):
@@ -124,17 +139,21 @@ class SearchService:
         self.semantic = class_similarity or NoClassSimilarity()
 
     def describe(self):
-        """{mode: {count, code_bits, distance, exact, index_type}}."""
-        return {
-            mode: {
+        """{mode: {count, code_bits, distance, exact, recall, recall_k,
+        index_type}}."""
+        described = {}
+        for mode, index in self.indexes.items():
+            recall, recall_k = measured_recall(index)
+            described[mode] = {
                 "index_type": index.index_type,
                 "count": len(index),
                 "code_bits": code_width(index),
                 "distance": _distance_name(index),
                 "exact": bool(index.is_exact),
+                "recall": recall,
+                "recall_k": recall_k,
             }
-            for mode, index in self.indexes.items()
-        }
+        return described
 
     # --- search ---
 
@@ -227,6 +246,7 @@ class SearchService:
             "mode": mode,
             "distance": _distance_name(index),
             "exact": bool(index.is_exact),
+            "recall": measured_recall(index)[0],
             "k": k,
             "results": [
                 {

@@ -51,8 +51,28 @@ def _load_indexes(config):
         logging.info(
             "Loaded %s index %s (%d codes)", mode, directory, len(index)
         )
+        _warn_unmeasured(mode, directory, index)
         indexes[mode] = index
     return indexes
+
+
+def _warn_unmeasured(mode, directory, index):
+    """Warns when a sub-linear binary index has no recall >= its target on
+    record (served all the same; the answers say "exact": false)."""
+    if mode != contract.BINARY_MODE or index.hamming_exact:
+        return
+    report = index.recall_report
+    recall = index.measured_recall
+    if recall is None or recall < report.target:
+        logging.warning(
+            "The %s index %s (%s) is approximate and its recorded recall "
+            "is %s: rebuild it with `shrewd index build --binary-method "
+            "auto` (measures recall, falls back to flat) for answers of "
+            "known quality",
+            mode, directory, index.method,
+            "missing" if recall is None else f"{recall:.4f} < "
+            f"{report.target}",
+        )
 
 
 class _DefaultModel:

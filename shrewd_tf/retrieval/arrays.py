@@ -41,7 +41,7 @@ def as_codes(codes, name, width=None, unit_range=False):
             f"`{name}` must have {width} columns. "
             f"Received: {name}.shape={array.shape}"
         )
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+    if array.dtype.kind == "f" and not np.isfinite(array).all():
         bad = np.argwhere(~np.isfinite(array))[0]
         raise ValueError(
             f"`{name}` must be finite. Received: {name}[{bad[0]}, {bad[1]}]="

@@ -64,6 +64,7 @@ from shrewd_tf.retrieval.files import IDS_FILE
 from shrewd_tf.retrieval.files import MANIFEST_FILE
 from shrewd_tf.retrieval.files import METADATA_FILE
 from shrewd_tf.retrieval.files import IndexFormatError
+from shrewd_tf.retrieval.metadata import SortedIds
 from shrewd_tf.retrieval.metadata import metadata_rows
 from shrewd_tf.retrieval.metadata import update_metadata
 from shrewd_tf.retrieval.arrays import HAMMING_PAD
@@ -120,6 +121,10 @@ class RetrievalIndex:
 
     def get_config(self):
         raise NotImplementedError
+
+    def _manifest_fields(self):
+        """Extra manifest fields of the subclass (read in `_read_engine`)."""
+        return {}
 
     @classmethod
     def default_params(cls, codes):
@@ -242,12 +247,13 @@ class RetrievalIndex:
         return self._code_width
 
     def _known_ids(self):
-        """The set of ids, cached until the id array changes (O(1) lookups:
-        a search result's metadata costs microseconds, not a scan of N)."""
-        cache = getattr(self, "_id_set_cache", None)
+        """The ids, sorted for binary search (`metadata.SortedIds`), cached
+        until the id array changes: a search result's metadata costs
+        microseconds, not a scan of N."""
+        cache = getattr(self, "_known_ids_cache", None)
         if cache is None or cache[0] is not self._ids:
-            cache = (self._ids, set(self._ids.tolist()))
-            self._id_set_cache = cache
+            cache = (self._ids, SortedIds(self._ids))
+            self._known_ids_cache = cache
         return cache[1]
 
     # --- persistence ---
@@ -266,6 +272,7 @@ class RetrievalIndex:
             "count": len(self),
             "id_type": "str" if self._ids.dtype.kind == "U" else "int64",
             "config": self.get_config(),
+            **self._manifest_fields(),
         }
 
         def write_data(data_dir):
@@ -330,9 +337,11 @@ class RetrievalIndex:
         return INT_ID_PAD
 
     def _rows_to_ids(self, rows):
-        missing = rows < 0
         if not len(self._ids):
             return np.full(rows.shape, self._id_pad(), dtype=self._ids.dtype)
+        missing = rows < 0
+        if not missing.any():  # the usual case: one gather, no masks
+            return self._ids[rows]
         ids = self._ids[np.where(missing, 0, rows)]
         ids[missing] = self._id_pad()
         return ids

@@ -16,6 +16,7 @@ threads share it; never `add` while another thread searches.
 """
 
 import contextlib
+import logging
 import math
 import os
 
@@ -32,36 +33,31 @@ from shrewd_tf.retrieval.arrays import pad_columns
 from shrewd_tf.retrieval.base import RetrievalIndex
 from shrewd_tf.retrieval.base import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
+from shrewd_tf.retrieval.hamming_params import METHOD_PARAMS
+from shrewd_tf.retrieval.hamming_params import SEARCH_PARAMS
+from shrewd_tf.retrieval.hamming_params import checked_params
+from shrewd_tf.retrieval.recall import RecallCheck
+from shrewd_tf.retrieval.recall import measure_recall
+from shrewd_tf.retrieval.recall import nprobe_settings
+from shrewd_tf.retrieval.recall import report_of_manifest
+from shrewd_tf.retrieval.rerank import rerank_l1
 
-# Float scratch per re-ranking chunk ([chunk, candidates, code_bits]).
-_RERANK_CHUNK_BYTES = 32 * 2**20
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
 def _faiss_threads(num_threads):
-    """Runs faiss on `num_threads` OpenMP threads, restoring the old count."""
+    """Runs faiss on `num_threads` OpenMP threads, restoring the old count
+    (no calls into OpenMP when it is already that count)."""
     previous = faiss.omp_get_max_threads()
+    if previous == num_threads:
+        yield
+        return
     faiss.omp_set_num_threads(num_threads)
     try:
         yield
     finally:
         faiss.omp_set_num_threads(previous)
-
-
-_HAMMING_PARAMS = {
-    "flat": {},
-    # nhash tables of b = code_bits // nhash bits; a bucket probe flips up
-    # to nflip bits; exact: re-scan rows the probe radius cannot certify.
-    "mih": {"nhash": None, "nflip": 1, "exact": True},
-    "ivf": {"nlist": None, "nprobe": 16},
-    "hnsw": {"M": 32, "ef_construction": 40, "ef_search": 128},
-}
-_HAMMING_SEARCH_PARAMS = {
-    "flat": (),
-    "mih": ("nflip", "exact"),
-    "ivf": ("nprobe",),
-    "hnsw": ("ef_search",),
-}
 
 
 @register_index
@@ -83,12 +79,21 @@ class BinaryHammingIndex(RetrievalIndex):
       k=250): faiss's per-query hash-set shortlist made mih slower than the
       flat scan; it suits small k and tight clusters, not k=250.
     * "ivf": `faiss.IndexBinaryIVF` with `nlist` Hamming k-means lists
-      (default 2 sqrt(N), set at build) and `nprobe` probed lists (16).
+      (default 2 sqrt(N), set at build) and `nprobe` probed lists (default
+      None: tuned at build, the smallest of 1, 2, 4, ... reaching
+      `recall_check.target`, see below).
       Trained at build on up to 256 codes per list (faiss default; about
       70 s on one thread for nlist=2000); `add` does not retrain. The best
       sub-linear method in the benchmark.
     * "hnsw": `faiss.IndexBinaryHNSW` with `M` links per node (32),
       `ef_construction` (40) and `ef_search` (128; raised to k when smaller).
+
+    Recall (`recall_check`, a `shrewd_tf.retrieval.recall.RecallCheck`):
+    building a sub-linear index (ivf, hnsw, mih with exact=False) measures
+    recall@k of its Hamming search against an exact scan on a seeded
+    sample of its own codes; `recall_report` (saved in the manifest as
+    "recall") holds it, `measured_recall` the recall of the settings in
+    use. `add` drops the report (the codes changed).
 
     Re-ranking (`rerank=True`): the Hamming top-C (C = max(k,
     `rerank_candidates`), default C = 4k) is re-ordered by L1 distance
@@ -102,6 +107,8 @@ class BinaryHammingIndex(RetrievalIndex):
         rerank: re-rank a Hamming shortlist by float L1 distance.
         rerank_candidates: shortlist size C (None: 4k).
         num_threads: OpenMP threads for faiss calls (default 1).
+        recall_check: how recall is measured at build (None: the
+            `RecallCheck` defaults); a build policy, not saved.
         **params: method parameters listed above.
 
     Raises:
@@ -117,6 +124,7 @@ class BinaryHammingIndex(RetrievalIndex):
         rerank=False,
         rerank_candidates=None,
         num_threads=1,
+        recall_check=None,
         **params,
     ):
         super().__init__()
@@ -126,16 +134,16 @@ class BinaryHammingIndex(RetrievalIndex):
                 "`code_bits` must be a multiple of 8. "
                 f"Received: code_bits={code_bits}"
             )
-        if method not in _HAMMING_PARAMS:
+        if method not in METHOD_PARAMS:
             raise ValueError(
-                f"`method` must be one of {sorted(_HAMMING_PARAMS)}. "
+                f"`method` must be one of {sorted(METHOD_PARAMS)}. "
                 f"Received: method={method!r}"
             )
-        unknown = set(params) - set(_HAMMING_PARAMS[method])
+        unknown = set(params) - set(METHOD_PARAMS[method])
         if unknown:
             raise ValueError(
                 f"Unknown parameters for method={method!r}: {sorted(unknown)}. "
-                f"Allowed: {sorted(_HAMMING_PARAMS[method])}"
+                f"Allowed: {sorted(METHOD_PARAMS[method])}"
             )
         self.code_bits = code_bits
         self.method = method
@@ -145,10 +153,12 @@ class BinaryHammingIndex(RetrievalIndex):
         )
         self.num_threads = check_positive_int("num_threads", num_threads)
         self.params = self._checked_params(
-            {**_HAMMING_PARAMS[method], **params}
+            {**METHOD_PARAMS[method], **params}
         )
         # What the caller asked for; build-time defaults (nlist) come from N.
         self._requested_params = dict(self.params)
+        self.recall_check = recall_check or RecallCheck()
+        self.recall_report = None
         self._engine = None
         self._float_codes = None
 
@@ -159,32 +169,7 @@ class BinaryHammingIndex(RetrievalIndex):
 
     def _checked_params(self, params):
         """Returns a validated copy of `params` (nhash resolved)."""
-        p = dict(params)
-        if self.method == "mih":
-            if p["nhash"] is None:
-                p["nhash"] = max(1, self.code_bits // 16)
-            check_positive_int("nhash", p["nhash"])
-            bits = self.code_bits // p["nhash"]
-            if bits < 1 or bits > 64:
-                raise ValueError(
-                    "`nhash` must give substrings of 1..64 bits "
-                    f"(code_bits // nhash). Received: nhash={p['nhash']}"
-                )
-            if isinstance(p["nflip"], bool) or not isinstance(
-                p["nflip"], (int, np.integer)
-            ) or not 0 <= p["nflip"] <= bits:
-                raise ValueError(
-                    f"`nflip` must be an integer in [0, {bits}]. "
-                    f"Received: nflip={p['nflip']!r}"
-                )
-            p["exact"] = bool(p["exact"])
-        elif self.method == "ivf":
-            check_positive_int("nlist", p["nlist"], allow_none=True)
-            check_positive_int("nprobe", p["nprobe"])
-        elif self.method == "hnsw":
-            for name in ("M", "ef_construction", "ef_search"):
-                check_positive_int(name, p[name])
-        return p
+        return checked_params(self.method, self.code_bits, params)
 
     @property
     def is_exact(self):
@@ -194,10 +179,28 @@ class BinaryHammingIndex(RetrievalIndex):
         `rerank` is on (an L1 re-ranking of a Hamming shortlist is not an
         exact L1 search).
         """
-        exact = self.method == "flat" or (
+        return self.hamming_exact and not self.rerank
+
+    @property
+    def hamming_exact(self):
+        """True when the Hamming search scans or certifies every code (flat,
+        mih with exact=True), re-ranked or not; False: sub-linear."""
+        return self.method == "flat" or (
             self.method == "mih" and self.params["exact"]
         )
-        return exact and not self.rerank
+
+    @property
+    def measured_recall(self):
+        """recall@k measured at build for the search settings in use (k in
+        `recall_report`), or None: exact, not measured, or settings or
+        codes changed since."""
+        report = self.recall_report
+        if self.hamming_exact or report is None or report.count != len(self):
+            return None
+        return report.recall_for(self._search_settings())
+
+    def _search_settings(self):
+        return {n: self.params[n] for n in SEARCH_PARAMS[self.method]}
 
     def get_config(self):
         return {
@@ -217,12 +220,17 @@ class BinaryHammingIndex(RetrievalIndex):
         Raises:
             ValueError: for parameters that need a rebuild, or bad values.
         """
-        allowed = _HAMMING_SEARCH_PARAMS[self.method]
+        allowed = SEARCH_PARAMS[self.method]
         unknown = set(params) - set(allowed)
         if unknown:
             raise ValueError(
                 f"Search parameters of method={self.method!r} are "
                 f"{list(allowed)}. Received: {sorted(unknown)}"
+            )
+        if self._engine is not None and params.get("nprobe", 0) is None:
+            raise ValueError(
+                "nprobe=None (tuned) applies at build; give a number. "
+                "Received: nprobe=None"
             )
         self.params = self._checked_params({**self.params, **params})
         self._requested_params.update(params)
@@ -264,7 +272,7 @@ class BinaryHammingIndex(RetrievalIndex):
         p = self.params
         if self.method == "mih":
             self._engine.nflip = p["nflip"]
-        elif self.method == "ivf":
+        elif self.method == "ivf" and p["nprobe"] is not None:
             self._engine.nprobe = p["nprobe"]
         elif self.method == "hnsw":
             self._engine.hnsw.efSearch = p["ef_search"]
@@ -276,6 +284,7 @@ class BinaryHammingIndex(RetrievalIndex):
             engine.add(packed)
         self._engine = engine
         self._apply_search_params()
+        self._check_recall(packed)
         self._float_codes = (
             codes.astype(np.float32) if self.rerank else None
         )
@@ -329,13 +338,39 @@ class BinaryHammingIndex(RetrievalIndex):
                 engine.add(packed[start:start + step])
         self._engine = engine
         self._apply_search_params()
+        self._check_recall(packed)
         self._float_codes = float_codes if self.rerank else None
         self._code_width = self.code_bits
         self._ids = ids
         self._metadata = {}
         return self
 
+    def _check_recall(self, packed):
+        """Measures recall at build (`recall.measure_recall`); ivf with
+        nprobe=None keeps the smallest nprobe reaching the target."""
+        self.recall_report = None
+        if self.hamming_exact or not len(packed):
+            return
+        settings = [self._search_settings()]
+        if self.method == "ivf" and self._requested_params["nprobe"] is None:
+            settings = nprobe_settings(self.params["nlist"], self.recall_check)
+
+        def search(setting, queries, k):
+            self.params.update(setting)
+            return self._hamming_search(queries, k)[1]
+
+        report = measure_recall(
+            packed, settings, search, self.recall_check, self.code_bits
+        )
+        self.params.update(report.params)
+        self._apply_search_params()
+        self.recall_report = report
+        log.info("%s over %d codes: recall@%d %.4f at %s (tried %s)",
+                 self.method, len(packed), report.k, report.recall,
+                 report.params, report.tried)
+
     def _add_engine(self, codes):
+        self.recall_report = None  # measured over other codes
         with _faiss_threads(self.num_threads):
             self._engine.add(pack_bits(codes))
         if self.rerank:
@@ -384,31 +419,15 @@ class BinaryHammingIndex(RetrievalIndex):
             return pad_columns(rows, distances, k, HAMMING_PAD)
         shortlist = max(k, self.rerank_candidates or 4 * k)
         rows, _ = self._hamming_search(packed, shortlist)
-        rows, distances = self._rerank_l1(
-            queries.astype(np.float32), rows, k
+        rows, distances = rerank_l1(
+            self._float_codes, queries.astype(np.float32), rows, k
         )
         return pad_columns(rows, distances, k, np.inf)
 
-    def _rerank_l1(self, queries, rows, k):
-        """Re-orders shortlist `rows` [Q, C] by float L1; returns top k."""
-        num_queries, shortlist = rows.shape
-        k = min(k, shortlist)
-        row_bytes = max(1, 4 * shortlist * self.code_bits)
-        chunk = max(1, _RERANK_CHUNK_BYTES // row_bytes)
-        out_rows = np.empty((num_queries, k), np.int64)
-        out_distances = np.empty((num_queries, k), np.float32)
-        for start in range(0, num_queries, chunk):
-            part = slice(start, start + chunk)
-            block = rows[part]
-            candidates = self._float_codes[np.where(block < 0, 0, block)]
-            l1 = np.abs(candidates - queries[part, None, :]).sum(
-                axis=2, dtype=np.float32
-            )
-            l1[block < 0] = np.inf
-            order = np.argsort(l1, axis=1, kind="stable")[:, :k]
-            out_rows[part] = np.take_along_axis(block, order, 1)
-            out_distances[part] = np.take_along_axis(l1, order, 1)
-        return out_rows, out_distances
+    def _manifest_fields(self):
+        if self.recall_report is None:
+            return {}
+        return {"recall": self.recall_report.to_json()}
 
     def _write_engine(self, data_dir):
         path = os.path.join(data_dir, "faiss.index")
@@ -428,6 +447,7 @@ class BinaryHammingIndex(RetrievalIndex):
             )
         self._engine = engine
         self._apply_search_params()
+        self.recall_report = report_of_manifest(manifest, data_dir)
         if self.rerank:
             self._float_codes = np.load(
                 os.path.join(data_dir, "float_codes.npy"), allow_pickle=False

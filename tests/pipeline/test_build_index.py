@@ -244,7 +244,10 @@ def test_bad_split_signature_and_flags_fail_before_the_pipeline(
     with pytest.raises(ValueError, match="one tf.string input"):
         _run(_argv(inputs, output_dir, "--signature", "pixels"))
     with pytest.raises(ValueError, match="method='flat': \\['nlist'\\]"):
-        _run(_argv(inputs, output_dir, "--nlist", "4"))
+        _run(_argv(inputs, output_dir, "--binary-method", "flat",
+                   "--nlist", "4"))
+    with pytest.raises(ValueError, match="'auto'.*\\['nhash'\\]"):
+        _run(_argv(inputs, output_dir, "--nhash", "4"))
     with pytest.raises(ValueError, match="distance='cosine'"):
         build_index.run(build_index.BuildIndexOptions(
             inputs["tfrecord_dir"], inputs["model_dir"], output_dir,

@@ -1,6 +1,8 @@
 """`/v1/search`, `/v1/database`, `/v1/images` and the --encoder-url mode."""
 
 import concurrent.futures
+import json
+import logging
 import socket
 
 import numpy as np
@@ -11,6 +13,7 @@ from serving.server import Server
 from serving.server import ServerConfig
 from shrewd_tf.retrieval import BinaryHammingIndex
 from shrewd_tf.retrieval import ScannIndex
+from shrewd_tf.retrieval.recall import RecallCheck
 from tests.support import saved_models
 from tests.support.http import b64
 from tests.support.http import http_bytes
@@ -142,6 +145,7 @@ def test_code_query_in_binary_mode_matches_a_brute_force_reference(
     assert answer["mode"] == "binary"
     assert answer["distance"] == "hamming"
     assert answer["exact"] is True
+    assert answer["recall"] is None  # exact: nothing to measure
     assert answer["model"] is None
     assert len(answer["results"]) == 15
     _check_hamming_results(answer, query > 0.5, database, 15)
@@ -300,6 +304,10 @@ def test_database_pages(server, database):
     assert page["items"][0]["metadata"]["caption"] == "item 10"
     assert page["indexes"]["binary"]["code_bits"] == CODE_BITS
     assert page["indexes"]["float"]["index_type"] == "scann"
+    for mode in ("binary", "float"):
+        described = page["indexes"][mode]
+        assert described["exact"] is True
+        assert described["recall"] is None and described["recall_k"] is None
     for query in ("offset=-1", "limit=0", "limit=x"):
         assert (
             http_json(server.rest_port, "GET", f"/v1/database?{query}")[0]
@@ -407,3 +415,66 @@ def test_rest_client_search(server, database):
     _check_hamming_results(answer, database["codes"][2] > 0.5, database, 4)
     bits = np.packbits(database["codes"][2] > 0.5)
     assert client.search(bits=bits, k=4)["results"] == answer["results"]
+
+
+def _ivf_index(tmp_path):
+    """An ivf index over 2,000 clustered codes, saved with its recall."""
+    rng = np.random.default_rng(8)
+    centres = rng.integers(0, 2, (12, CODE_BITS))
+    bits = centres[rng.integers(0, len(centres), 2000)]
+    codes = (bits ^ (rng.random(bits.shape) < 0.03)).astype(np.float32)
+    index = BinaryHammingIndex(
+        code_bits=CODE_BITS, method="ivf", nlist=24,
+        recall_check=RecallCheck(queries=200),
+    ).build(codes)
+    index.save(str(tmp_path / "ivf"))
+    return index, codes
+
+
+def test_ivf_answers_say_not_exact_with_the_measured_recall(
+    database, tmp_path, caplog
+):
+    index, codes = _ivf_index(tmp_path)
+    report = index.recall_report
+    assert report.meets_target
+    config = _config(database, binary_index=str(tmp_path / "ivf"),
+                     float_index=None, export_root=None, image_root=None)
+    with caplog.at_level(logging.WARNING), Server(config) as running:
+        status, answer = _search(
+            running.rest_port, {"code": codes[0].tolist(), "k": 5}
+        )
+        assert status == 200, answer
+        assert answer["exact"] is False
+        assert answer["recall"] == report.recall
+        assert answer["results"][0]["distance"] == 0
+        status, page = http_json(running.rest_port, "GET", "/v1/database")
+        described = page["indexes"]["binary"]
+        assert described["exact"] is False
+        assert described["recall"] == report.recall
+        assert described["recall_k"] == report.k == 10
+    assert "approximate" not in caplog.text  # recall on record: no warning
+
+
+def test_ivf_without_recorded_recall_is_served_with_a_warning(
+    database, tmp_path, caplog
+):
+    _, codes = _ivf_index(tmp_path)
+    path = tmp_path / "ivf" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    del manifest["recall"]  # as written before recall was measured
+    path.write_text(json.dumps(manifest))
+    config = _config(database, binary_index=str(tmp_path / "ivf"),
+                     float_index=None, export_root=None, image_root=None)
+    with caplog.at_level(logging.WARNING), Server(config) as running:
+        status, answer = _search(
+            running.rest_port, {"code": codes[0].tolist(), "k": 5}
+        )
+        assert status == 200, answer
+        assert answer["exact"] is False and answer["recall"] is None
+    warnings = [r.getMessage() for r in caplog.records
+                if r.levelno == logging.WARNING]
+    assert any(
+        "approximate" in text and "recorded recall is missing" in text
+        for text in warnings
+    ), warnings
+
