@@ -61,10 +61,10 @@ def test_unknown_kinds_and_modes_are_refused_quoting_them():
 
 def test_the_speakers_use_the_contract():
     from serving import client
+    from serving import config as serving_config
     from serving import encoders
     from serving import retrieval as serving_retrieval
     from serving import servables
-    from serving import server
     from shrewd_tf import retrieval
     from shrewd_tf.training import objective
 
@@ -72,7 +72,7 @@ def test_the_speakers_use_the_contract():
     assert objective.KL_OUTPUT is contract.KL_OUTPUT
     assert encoders.CODE_OUTPUT is contract.CODE_OUTPUT
     assert encoders.BITS_OUTPUT is contract.BITS_OUTPUT
-    for module in (client, servables, server):
+    for module in (client, servables, serving_config):
         assert module.DEFAULT_SIGNATURE is contract.SERVING_SIGNATURE
     assert servables.SERVE_TAG is contract.SERVE_TAG
     assert (serving_retrieval.BINARY, serving_retrieval.FLOAT) == (
