@@ -59,7 +59,7 @@ from pipeline.dead_letters import dead_letter
 from pipeline.dead_letters import dead_letter_counts
 from pipeline.dead_letters import read_dead_letters
 from pipeline.options import DEFAULT_RUNNER
-from pipeline.options import pipeline_options
+from pipeline.options import new_pipeline
 from pipeline.outputs import StagedOutputDir
 from shrewd_tf import io as shrewd_io
 from shrewd_tf.data import records as data
@@ -218,9 +218,7 @@ def run(options, test_pipeline=None):
     )
     codes_target = os.path.join(options.output_dir, index_builder.CODES_DIR)
     with StagedOutputDir(codes_target) as staged:
-        pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(options.beam_args)
-        )
+        pipeline = test_pipeline or new_pipeline(options.beam_args)
         records, parse_dead = pipeline | "ReadRecords" >> ReadImageRecords(
             file_pattern
         )

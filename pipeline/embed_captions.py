@@ -41,7 +41,7 @@ from pipeline import embeddings
 from pipeline import outputs
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import options_from_argv
-from pipeline.options import pipeline_options
+from pipeline.options import new_pipeline
 from shrewd_tf.data import records as data
 
 log = logging.getLogger(__name__)
@@ -227,9 +227,7 @@ def run(options, test_pipeline=None, model_handler=None):
         for split in info.splits
     }
     with outputs.StagedOutputDir(options.output_dir) as staged:
-        pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(options.beam_args)
-        )
+        pipeline = test_pipeline or new_pipeline(options.beam_args)
         _ = pipeline | "EmbedDirectory" >> EmbedDirectory(
             options.input_dir, shards, staged.path, handler)
         result = pipeline.run()

@@ -70,7 +70,7 @@ from pipeline.class_distance_matrix import KINDS
 from pipeline.class_distance_matrix import ClassDistanceMatrix
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import options_from_argv
-from pipeline.options import pipeline_options
+from pipeline.options import new_pipeline
 from shrewd_tf.data import class_semantics
 from shrewd_tf import io as io_lib
 from shrewd_tf.semantics import class_synsets
@@ -370,8 +370,7 @@ def run(options, test_pipeline=None, model_handler=None):
     transform_args, metadata = kind_inputs(options, classes, wordnet,
                                            model_handler)
     npy_path, json_path = output_paths(options.output)
-    pipeline = test_pipeline or beam.Pipeline(
-        options=pipeline_options(options.beam_args))
+    pipeline = test_pipeline or new_pipeline(options.beam_args)
     write_matrix(
         pipeline,
         ClassDistanceMatrix(kind, num_classes, options.rows_per_block,

@@ -62,7 +62,7 @@ from pipeline.outputs import WriteTFRecords
 from pipeline.outputs import records_written
 from pipeline.options import DEFAULT_RUNNER
 from pipeline.options import options_from_argv
-from pipeline.options import pipeline_options
+from pipeline.options import new_pipeline
 from pipeline.source_plans import make_plan
 from shrewd_tf.data import image_folder
 from shrewd_tf.data import records as data
@@ -255,9 +255,7 @@ def run(options, test_pipeline=None):
         )
     plan = make_plan(options)
     with StagedOutputDir(options.output_dir) as staged:
-        pipeline = test_pipeline or beam.Pipeline(
-            options=pipeline_options(options.beam_args)
-        )
+        pipeline = test_pipeline or new_pipeline(options.beam_args)
         per_split, dead_letters = plan.build(pipeline)
         keyed = []
         for split, records in per_split.items():

@@ -88,3 +88,55 @@ def test_quiet_commands_keep_the_beam_workers_quiet(monkeypatch):
     monkeypatch.setenv(verbosity.QUIET_ENV, "1")
     assert level([]) == "ERROR"
     assert level(["--default_sdk_harness_log_level=DEBUG"]) == "DEBUG"
+
+
+def test_new_pipeline_hands_the_options_to_the_runner_workers():
+    pipeline = options_lib.new_pipeline(
+        ["--direct_num_workers=2", "--direct_running_mode=multi_processing",
+         "--default_sdk_harness_log_level=ERROR"]
+    )
+    forwarded = pipeline.runner._provision_info.provision_info.pipeline_options
+    fields = {k: v.string_value for k, v in forwarded.fields.items()}
+    assert fields["beam:option:default_sdk_harness_log_level:v1"] == "ERROR"
+    # Ints travel as strings: a JSON number would read back as "2.0".
+    assert fields["beam:option:direct_num_workers:v1"] == "2"
+    # A named runner is left as it is.
+    named = options_lib.new_pipeline(["--runner=DirectRunner"])
+    assert "DirectRunner" in type(named.runner).__name__
+
+
+_TWO_WORKER_JOB = """
+import sys
+from shrewd_tf import verbosity
+verbosity.configure(verbose=sys.argv[1] == "-v")
+import apache_beam as beam
+from pipeline.options import new_pipeline
+with new_pipeline(["--direct_num_workers=2",
+                   "--direct_running_mode=multi_processing"]) as p:
+    (p | beam.Create(range(100)) | beam.Map(lambda x: 2 * x)
+       | beam.combiners.Count.Globally() | beam.Map(print))
+"""
+
+
+def test_multi_process_workers_are_quiet_unless_verbose(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+           "HOME": os.environ.get("HOME", str(tmp_path)),
+           "PYTHONPATH": os.getcwd()}
+    outputs = {}
+    for flag in ("-q", "-v"):
+        result = subprocess.run(
+            [sys.executable, "-c", _TWO_WORKER_JOB, flag],
+            capture_output=True, text=True, timeout=300, env=env,
+        )
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[flag] = result.stdout + result.stderr
+    assert "100" in outputs["-q"].split()
+    chatter = ("sdk_worker", "statecache", "data_plane")
+    assert not any(word in outputs["-q"] for word in chatter), outputs["-q"]
+    # The workers do log: -v shows it (so the check above can fail).
+    assert all(word in outputs["-v"] for word in chatter)
+    assert len(outputs["-q"].splitlines()) <= 6
