@@ -22,8 +22,9 @@ knobs and their defaults):
   first row); each output is split back by rows.
 
 One difference from TF Serving, on purpose: when a batch of several tasks
-fails (one request's undecodable image fails the whole graph call), each
-task is run again alone, so only the request at fault gets the error.
+fails (one request's undecodable image fails the whole graph call, or the
+batch is too big for memory), each task is run again alone, so only the
+request at fault gets an error, and the one it gets when batching is off.
 """
 
 import collections
@@ -34,6 +35,7 @@ import grpc
 import tensorflow as tf
 
 from serving.errors import ServingError
+from serving.errors import from_tensorflow_error
 from serving.errors import invalid_argument
 
 
@@ -253,8 +255,11 @@ class BatchScheduler:
             else:
                 try:
                     self._run_batch(queue, tasks, batch.size, padded)
-                except ServingError:
-                    for task in tasks:  # Only the request at fault fails.
+                except Exception:  # noqa: BLE001 (each request alone)
+                    # One request's bad input fails the whole call, as may
+                    # the batch's own size (memory): each runs alone, so
+                    # only the request at fault gets an error, and its own.
+                    for task in tasks:
                         self._run_alone(queue, task)
         except Exception as e:  # noqa: BLE001 (never leave a task waiting)
             for task in tasks:
@@ -302,6 +307,8 @@ class BatchScheduler:
             _finish(task, queue.run(task.feeds, queue.output_filter))
         except ServingError as e:
             task.outputs, task.error = None, e
+        except tf.errors.OpError as e:
+            task.outputs, task.error = None, from_tensorflow_error(e)
 
 
 def _finish(task, outputs):

@@ -22,12 +22,12 @@ The default mode is "binary" when a binary index is loaded, else "float".
 
 The answer lists the non-padding neighbours, nearest first:
 `{"results": [{"id", "distance", "metadata": {label, caption, image_uri},
-"image_url"}], "mode", "distance", "exact", "recall", "k", "model",
-"model_version"}`. "exact" is true when the index returns the exact top-k
-(`index.is_exact`); "recall" is the recall@k the index's build measured
-against exact search (`shrewd_tf.retrieval.recall`, k in `/v1/database`'s
-"recall_k"), null for exact indexes and for approximate ones that recorded
-none. With a class-distance matrix (`--class-distances`), a request may
+"image_url"}], "mode", "distance", "exact", "recall", "recall_k", "k",
+"model", "model_version"}`. "exact" is true when the index returns the
+exact top-k (`index.is_exact`); "recall" is the recall the index's build
+measured against exact search at the cut-off "recall_k" (the smallest
+measured cut-off >= k, else the widest; `shrewd_tf.retrieval.recall`),
+null for exact indexes and for approximate ones that recorded none. With a class-distance matrix (`--class-distances`), a request may
 name the query's class (`"label": int`) and the answer adds "query_label"
 and each result's "similarity" (`serving.semantic`).
 """
@@ -76,15 +76,32 @@ def code_width(index):
     return index.code_width
 
 
-def measured_recall(index):
-    """(recall, k) measured at build for the index's settings, or (None,
-    None): exact, or nothing recorded (`shrewd_tf.retrieval.recall`)."""
+def measured_recall(index, k=None):
+    """(recall, its k) measured at build for the index's settings, or
+    (None, None): exact, or nothing recorded (`shrewd_tf.retrieval.recall`).
+
+    With `k`, the recall of the smallest measured cut-off >= k (the build
+    measures k=10 and a wide k, 250 by default), else of the widest one: a
+    search's answer reports the recall that applies to it, with its k.
+    """
     recall = None if index.is_exact else getattr(
         index, "measured_recall", None
     )
     if recall is None:
         return None, None
-    return float(recall), int(index.recall_report.k)
+    report = index.recall_report
+    cutoffs = [(int(report.k), float(recall))]
+    if report.wide_k and report.recall_wide is not None:
+        cutoffs.append((int(report.wide_k), float(report.recall_wide)))
+    cutoffs.sort()
+    if k is not None:
+        for cutoff, value in cutoffs:
+            if cutoff >= k:
+                return value, cutoff
+        cutoff, value = cutoffs[-1]
+        return value, cutoff
+    cutoff, value = cutoffs[0]
+    return value, cutoff
 
 
 def _distance_name(index):
@@ -240,13 +257,15 @@ class SearchService:
             distances = distances.astype(str).astype(np.float64)
         distances = distances.tolist()
         rows = _metadata_rows(index, ids)
+        recall, recall_k = measured_recall(index, k)
         answer = {
             "model": model,
             "model_version": None if version is None else str(version),
             "mode": mode,
             "distance": _distance_name(index),
             "exact": bool(index.is_exact),
-            "recall": measured_recall(index)[0],
+            "recall": recall,
+            "recall_k": recall_k,
             "k": k,
             "results": [
                 {

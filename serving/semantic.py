@@ -22,6 +22,7 @@ field. The web page colours each result by its similarity.
 """
 
 import json
+import logging
 import os
 
 import grpc
@@ -140,6 +141,7 @@ class ClassSimilarity:
         self.similarity = class_similarity(distances)
         self.class_names = None if class_names is None else tuple(class_names)
         self.source = source
+        self._mismatch_logged = set()  # models warned about, once each
 
     @classmethod
     def load(cls, path):
@@ -188,22 +190,25 @@ class ClassSimilarity:
     def predicted_label(self, outputs, model):
         """argmax of the model's "logits" output, or None without one.
 
-        Raises:
-            ServingError: FAILED_PRECONDITION when the model has a number of
-                logits other than the matrix's C classes.
+        A model with a number of logits other than the matrix's C classes
+        (another label set) gets no predicted class: the search is answered
+        without similarities, and the mismatch is logged once per model
+        (a server misconfiguration, not the client's error).
         """
         if LOGITS_OUTPUT not in outputs:
             return None
         logits = np.asarray(outputs[LOGITS_OUTPUT], dtype=np.float64)
         logits = logits.reshape(-1)
         if logits.shape[0] != self.num_classes:
-            raise ServingError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                f"Model {model} has {logits.shape[0]} logits but "
-                f"--class-distances {self.source} has {self.num_classes} "
-                "classes: serve the matrix of the dataset the model was "
-                "trained on.",
-            )
+            if model not in self._mismatch_logged:
+                self._mismatch_logged.add(model)
+                logging.warning(
+                    "Model %s has %d logits but --class-distances %s has %d "
+                    "classes: its image searches get no class similarity; "
+                    "serve the matrix of the dataset it was trained on.",
+                    model, logits.shape[0], self.source, self.num_classes,
+                )
+            return None
         if not np.all(np.isfinite(logits)):
             return None
         return int(np.argmax(logits))

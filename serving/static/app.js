@@ -194,7 +194,10 @@ async function search(imageBuffer, queryUrl, label) {
   if ($("model").value.trim()) body.model = $("model").value.trim();
   const chosen = $("query-label").value;
   if (classes && chosen !== "") body.label = parseInt(chosen, 10);
-  else if (classes && Number.isInteger(label)) body.label = label;
+  else if (
+    classes && Number.isInteger(label) && label >= 0 &&
+    label < classes.num_classes
+  ) body.label = label;  // Unlabelled (-1) or unknown classes: no label.
   document.body.dataset.state = "searching";
   setStatus("Searching…");
   $("results").replaceChildren();

@@ -53,6 +53,7 @@ Example:
 import importlib
 import logging
 import os
+import threading
 
 import numpy as np
 
@@ -72,7 +73,11 @@ from shrewd_tf.retrieval.arrays import INT_ID_PAD
 from shrewd_tf.retrieval.arrays import STR_ID_PAD
 from shrewd_tf.retrieval.arrays import as_ids
 from shrewd_tf.retrieval.arrays import check_k
+
 from shrewd_tf.retrieval.arrays import pack_codes
+
+# Guards the sorted-id caches' first build (one sort per id array).
+_KNOWN_IDS_LOCK = threading.Lock()
 
 __all__ = [
     "FORMAT_VERSION",
@@ -252,8 +257,11 @@ class RetrievalIndex:
         microseconds, not a scan of N."""
         cache = getattr(self, "_known_ids_cache", None)
         if cache is None or cache[0] is not self._ids:
-            cache = (self._ids, SortedIds(self._ids))
-            self._known_ids_cache = cache
+            with _KNOWN_IDS_LOCK:  # Concurrent first searches sort once.
+                cache = getattr(self, "_known_ids_cache", None)
+                if cache is None or cache[0] is not self._ids:
+                    cache = (self._ids, SortedIds(self._ids))
+                    self._known_ids_cache = cache
         return cache[1]
 
     # --- persistence ---

@@ -116,11 +116,17 @@ def build_binary_index(
             report.recall, report.target,
         )
         return ivf
-    log.warning(
-        "auto: ivf reached recall@%d %.4f < %.2f (tried %s); serving the "
-        "exact flat index instead",
-        report.k, report.recall, report.target,
-        [row["nprobe"] for row in report.tried],
-    )
+    if report is None:
+        log.warning(
+            "auto: ivf recorded no recall (recall_check off); serving the "
+            "exact flat index instead"
+        )
+    else:
+        log.warning(
+            "auto: ivf reached recall@%d %.4f < %.2f (tried %s); serving "
+            "the exact flat index instead",
+            report.k, report.recall, report.target,
+            [row["nprobe"] for row in report.tried],
+        )
     del ivf
     return flat.build_packed(packed, **build)

@@ -291,3 +291,26 @@ def test_stop_runs_what_is_queued_then_refuses(make_scheduler):
     with pytest.raises(ServingError) as error:
         scheduler.run(model, {"x": tf.constant(_rows(0, 1))}, 1)
     assert error.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_a_batch_too_big_for_memory_runs_each_request_alone(make_scheduler):
+    # The batch call fails with a TF error (not a request's fault); each
+    # task then runs alone and answers, none gets INTERNAL.
+    class OutOfMemoryOver2Rows(GatedModel):
+        def __call__(self, feeds, output_filter):
+            if feeds["x"].shape[0] > 2:
+                raise tf.errors.ResourceExhaustedError(None, None, "OOM")
+            return super().__call__(feeds, output_filter)
+
+    scheduler = make_scheduler(max_batch_size=16)
+    model = OutOfMemoryOver2Rows()
+    threads, results, inputs = _pile_up(scheduler, model, [1, 2])
+    model.gate.set()
+    for thread in threads:
+        thread.join(30)
+    for i in range(2):
+        np.testing.assert_array_equal(results[i]["y"], 2 * inputs[i])
+    # A request that is too big alone gets the TF error's own code.
+    with pytest.raises(ServingError) as error:
+        scheduler.run(model, {"x": tf.constant(_rows(0, 3))}, 3)
+    assert error.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED

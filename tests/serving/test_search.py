@@ -446,7 +446,17 @@ def test_ivf_answers_say_not_exact_with_the_measured_recall(
         assert status == 200, answer
         assert answer["exact"] is False
         assert answer["recall"] == report.recall
+        assert answer["recall_k"] == report.k == 10
         assert answer["results"][0]["distance"] == 0
+        # A wider k reports the recall measured at the wide cut-off.
+        assert report.wide_k >= 50 and report.recall_wide is not None
+        status, wide = _search(
+            running.rest_port, {"code": codes[0].tolist(), "k": 50}
+        )
+        assert status == 200, wide
+        assert (wide["recall"], wide["recall_k"]) == (
+            report.recall_wide, report.wide_k
+        )
         status, page = http_json(running.rest_port, "GET", "/v1/database")
         described = page["indexes"]["binary"]
         assert described["exact"] is False

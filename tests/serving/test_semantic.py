@@ -1,5 +1,6 @@
 """Class similarity of search results (`serving.semantic`, --class-distances)."""
 
+import logging
 import json
 
 import grpc
@@ -101,11 +102,18 @@ def test_predicted_label_is_the_argmax_of_the_logits():
     assert semantic.predicted_label({"logits": [0.1, -2, 3.5, 3.4]}, "m") == 2
     assert semantic.predicted_label({"code": [0.5]}, "m") is None
     assert semantic.predicted_label({"logits": [np.nan] * 4}, "m") is None
-    with pytest.raises(ServingError) as error:
-        semantic.predicted_label({"logits": [0.0] * 3}, "enc")
-    assert error.value.code == grpc.StatusCode.FAILED_PRECONDITION
-    assert "3 logits" in error.value.message
-    assert "4 classes" in error.value.message
+
+
+def test_a_model_of_another_label_set_gets_no_class_and_one_warning(caplog):
+    semantic = ClassSimilarity(DISTANCES)
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert semantic.predicted_label(
+                {"logits": [0.0] * 3}, "enc"
+            ) is None
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1
+    assert "3 logits" in warnings[0] and "4 classes" in warnings[0]
 
 
 @pytest.mark.parametrize("label", [4, -1, 1.5, "2", True, [1], {"x": 1}])
@@ -302,8 +310,8 @@ def test_without_a_matrix_answers_have_no_similarities(database):
         assert page["classes"] is None
 
 
-def test_a_matrix_of_other_classes_than_the_logits_is_a_clear_400(
-    database, tmp_path
+def test_a_matrix_of_other_classes_than_the_logits_still_answers(
+    database, tmp_path, caplog
 ):
     index = BinaryHammingIndex(code_bits=8).build(np.zeros((3, 8)))
 
@@ -318,11 +326,12 @@ def test_a_matrix_of_other_classes_than_the_logits_is_a_clear_400(
         default_model="enc",
         class_similarity=ClassSimilarity.load(matrix),
     )
-    with pytest.raises(ServingError) as error:
-        service.search({"image": b64(b"png")})
-    assert error.value.http_status == 400
-    assert "6 logits" in error.value.message
-    assert matrix in error.value.message
+    with caplog.at_level(logging.WARNING):
+        answer = service.search({"image": b64(b"png")})
+    assert len(answer["results"]) == 3
+    assert "query_label" not in answer
+    assert all("similarity" not in r for r in answer["results"])
+    assert "6 logits" in caplog.text and matrix in caplog.text
 
 
 def test_a_bad_matrix_stops_the_server_at_start(database, tmp_path):
