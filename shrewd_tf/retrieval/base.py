@@ -73,7 +73,6 @@ from shrewd_tf.retrieval.arrays import INT_ID_PAD
 from shrewd_tf.retrieval.arrays import STR_ID_PAD
 from shrewd_tf.retrieval.arrays import as_ids
 from shrewd_tf.retrieval.arrays import check_k
-
 from shrewd_tf.retrieval.arrays import pack_codes
 
 # Guards the sorted-id caches' first build (one sort per id array).
