@@ -34,6 +34,12 @@ Example:
 import tensorflow as tf
 
 UNKNOWN = -1
+TOO_COMPLEX = -2  # pixels of a GIF that needs over MAX_GIF_STEPS steps
+# Steps of the GIF block walk: a 8 MiB GIF of full 255-byte sub-blocks
+# needs 33,000, so this leaves room for 30,000 frames and extensions;
+# a GIF of 1-byte sub-blocks reaches it in about 1.3 s (2 cores, 20 us a
+# step).
+MAX_GIF_STEPS = 2**16
 HEAD_BYTES = 32  # every header field read below lies in the first 32 bytes
 _PNG = b"\x89PNG\r\n\x1a\n"
 _JPEG = b"\xff\xd8\xff"
@@ -51,8 +57,8 @@ def _unsigned(values, start, count, big_endian=False):
     """The unsigned integer of `values[start:start + count]` (int64)."""
     places = range(count - 1, -1, -1) if big_endian else range(count)
     total = tf.constant(0, tf.int64)
-    for index, place in zip(range(start, start + count), places):
-        total += tf.bitwise.left_shift(values[index], 8 * place)
+    for offset, place in enumerate(places):
+        total += tf.bitwise.left_shift(values[start + offset], 8 * place)
     return total
 
 
@@ -74,7 +80,9 @@ def _head(encoded):
 
 def _colours(flags):
     """Colours in a GIF colour table whose packed field is `flags`."""
-    return tf.bitwise.left_shift(tf.constant(2, tf.int64), flags % 8)
+    return tf.bitwise.left_shift(
+        tf.constant(2, tf.int64), tf.bitwise.bitwise_and(flags, 7)
+    )
 
 
 def _sizes(height, width):
@@ -113,7 +121,9 @@ def _webp(head):
     )
 
 
-@tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+@tf.function(
+    input_signature=[tf.TensorSpec([], tf.string)], autograph=False
+)
 def _gif(encoded):
     """(height, width, pixels) of a GIF: the screen and all its frames.
 
@@ -121,66 +131,65 @@ def _gif(encoded):
     sub-blocks), an image descriptor (0x2C, left, top, width, height,
     flags, local colour table, LZW code size, data sub-blocks), anything
     else ends the walk (the trailer 0x3B, or bytes the decoder refuses).
-    One loop step reads one block start or skips one sub-block (at most
-    256 bytes), so a 1 MB GIF takes about 4,000 steps.
+    A step reads one block start or skips one data sub-block (up to 256
+    bytes; an inner loop of a few ops): a 1.3 MB GIF takes 5,300 steps.
+    A GIF needing MAX_GIF_STEPS (tiny blocks by the million: a CPU bomb
+    rather than a memory one) gives pixels TOO_COMPLEX.
     """
     data = tf.cast(tf.io.decode_raw(encoded, tf.uint8), tf.int64)
     data = tf.concat([data, tf.zeros([16], tf.int64)], 0)  # reads past end
     size = tf.size(data, out_type=tf.int64) - 16
-    screen_w = _unsigned(data, 6, 2)
-    screen_h = _unsigned(data, 8, 2)
     flags = data[10]
-    table = tf.where(
-        flags >= 128, 3 * _colours(flags % 8), 0
-    )
-    start = 13 + table
-    zero = tf.constant(0, tf.int64)
+    start = 13 + tf.where(flags >= 128, 3 * _colours(flags), 0)
 
-    def step(pos, in_blocks, height, width, area):
+    def skip_data(steps, pos):
+        """Past a block's data sub-blocks (length byte, data) and its 0."""
+        steps, pos = tf.while_loop(
+            lambda steps, pos: (pos < size) & (data[pos] > 0) & (
+                steps < MAX_GIF_STEPS
+            ),
+            lambda steps, pos: (steps + 1, pos + 1 + data[pos]),
+            (steps, pos),
+        )
+        return steps, pos + 1
+
+    def block(steps, pos, height, width, area):
         byte = data[pos]
+        is_extension = tf.equal(byte, _GIF_EXTENSION)
+        is_image = tf.equal(byte, _GIF_IMAGE)
+        descriptor = data[pos + 1:pos + 10]
+        left, top = _unsigned(descriptor, 0, 2), _unsigned(descriptor, 2, 2)
+        frame_w = _unsigned(descriptor, 4, 2)
+        frame_h = _unsigned(descriptor, 6, 2)
+        local = descriptor[8]
+        image_data = pos + 11 + tf.where(
+            local >= 128, 3 * _colours(local), 0
+        )
+        # Anything but a block ends the walk: data from `size` is empty.
+        steps, pos = skip_data(
+            steps + 1,
+            tf.where(is_extension, pos + 2,
+                     tf.where(is_image, image_data, size)),
+        )
+        return (
+            steps,
+            pos,
+            tf.where(is_image, tf.maximum(height, top + frame_h), height),
+            tf.where(is_image, tf.maximum(width, left + frame_w), width),
+            tf.where(is_image, area + frame_w * frame_h, area),
+        )
 
-        def sub_block():  # one data sub-block: length byte, then data
-            return pos + 1 + byte, tf.not_equal(byte, 0), height, width, area
-
-        def image():
-            left = data[pos + 1] + 256 * data[pos + 2]
-            top = data[pos + 3] + 256 * data[pos + 4]
-            frame_w = data[pos + 5] + 256 * data[pos + 6]
-            frame_h = data[pos + 7] + 256 * data[pos + 8]
-            local = data[pos + 9]
-            local_table = tf.where(
-                local >= 128, 3 * _colours(local % 8), 0
-            )
-            return (
-                pos + 11 + local_table,  # + descriptor, table, code size
-                tf.constant(True),
-                tf.maximum(height, top + frame_h),
-                tf.maximum(width, left + frame_w),
-                area + frame_w * frame_h,
-            )
-
-        def block():
-            return tf.case(
-                [
-                    (
-                        tf.equal(byte, _GIF_EXTENSION),
-                        lambda: (pos + 2, tf.constant(True), height, width,
-                                 area),
-                    ),
-                    (tf.equal(byte, _GIF_IMAGE), image),
-                ],
-                default=lambda: (size, tf.constant(False), height, width,
-                                 area),
-            )
-
-        return tf.cond(in_blocks, sub_block, block)
-
-    _, _, height, width, area = tf.while_loop(
-        lambda pos, *_: pos < size,
-        step,
-        (start, tf.constant(False), screen_h, screen_w, zero),
+    zero = tf.constant(0, tf.int64)
+    steps, pos, height, width, area = tf.while_loop(
+        lambda steps, pos, *_: (pos < size) & (steps < MAX_GIF_STEPS),
+        block,
+        (zero, start, _unsigned(data, 8, 2), _unsigned(data, 6, 2), zero),
     )
-    return tf.stack([height, width, tf.maximum(height * width, area)])
+    pixels = tf.where(
+        steps >= MAX_GIF_STEPS, tf.constant(TOO_COMPLEX, tf.int64),
+        tf.maximum(height * width, area),
+    )
+    return tf.stack([height, width, pixels])
 
 
 def image_size(encoded):
@@ -192,8 +201,9 @@ def image_size(encoded):
     Returns:
         int64 tensor [3]: height, width and the pixels the decoder
         allocates (height x width; for a GIF, at least the sum of its frame
-        areas). [-1, -1, -1] (UNKNOWN) for bytes of no format listed in
-        the module docstring.
+        areas, or TOO_COMPLEX for one with over MAX_GIF_STEPS blocks).
+        [-1, -1, -1] (UNKNOWN) for bytes of no format listed in the module
+        docstring.
 
     Raises:
         tf.errors.InvalidArgumentError: bytes starting like a JPEG whose
@@ -254,7 +264,7 @@ def assert_within(encoded, max_pixels):
         ValueError: `max_pixels` not a positive int.
         tf.errors.InvalidArgumentError: the image is over the cap; the
             message gives its height x width, its pixel count and the cap
-            (at run time inside a graph).
+            (at run time inside a graph). Also a GIF of TOO_COMPLEX size.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or (
         max_pixels < 1
@@ -264,11 +274,12 @@ def assert_within(encoded, max_pixels):
             f"max_image_pixels={max_pixels!r}"
         )
     height, width, pixels = tf.unstack(image_size(encoded))
+    too_complex = tf.equal(pixels, TOO_COMPLEX)
     # Each side at most the cap first: height * width cannot wrap then.
     within = (height <= max_pixels) & (width <= max_pixels) & (
         pixels <= max_pixels
-    )
-    message = tf.strings.join(
+    ) & ~too_complex
+    over = tf.strings.join(
         [
             "image is ",
             tf.strings.as_string(height),
@@ -281,6 +292,13 @@ def assert_within(encoded, max_pixels):
             "raise max_image_pixels (preprocessing.json at export, "
             "`preprocess.decode_image(..., max_image_pixels=)`)",
         ]
+    )
+    message = tf.where(
+        too_complex,
+        f"GIF has more blocks than {MAX_GIF_STEPS} steps of "
+        "image_header's walk can read (frames and extensions by the "
+        "hundred thousand): re-encode it, or send a PNG or JPEG",
+        over,
     )
     if tf.executing_eagerly():  # the message alone, not Assert's wrapping
         if not bool(within):

@@ -8,6 +8,10 @@ field), cycling through them until `count`:
 * nan: NaN / Infinity (Python's JSON extension) in codes and pixels;
 * huge_k: k too large, negative, fractional, a string, a bool;
 * png_bomb: a PNG whose header claims 30000 x 30000 pixels;
+* image_bomb: real decompression bombs (`real_png_bomb`: a valid
+  20000 x 20000 PNG of zeros, 390 KB) and headers declaring huge images
+  in every format (`header_bomb`: JPEG, GIF screen or frames, BMP, WebP),
+  all over the server's default max_image_pixels;
 * deep_nesting: JSON nested 10^3 to 10^5 deep;
 * traversal: `..`, `%2e%2e`, absolute paths and NULs in image, static
   and model paths;
@@ -26,6 +30,7 @@ succeed) and never 500; raw cases may also be closed without an answer.
 
 import base64
 import dataclasses
+import functools
 import json
 import random
 import struct
@@ -65,15 +70,14 @@ def _json(value):
     return json.dumps(value).encode("utf-8")
 
 
+def _png_chunk(tag, data):
+    crc = zlib.crc32(tag + data) & 0xFFFFFFFF
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", crc)
+
+
 def png_bomb(width=30000, height=30000):
     """A PNG header claiming width x height RGB pixels, with a tiny IDAT."""
-
-    def chunk(tag, data):
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(
-            ">I", crc
-        )
-
+    chunk = _png_chunk
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
     return (
@@ -82,6 +86,81 @@ def png_bomb(width=30000, height=30000):
         + chunk(b"IDAT", idat)
         + chunk(b"IEND", b"")
     )
+
+
+@functools.lru_cache(maxsize=8)
+def real_png_bomb(width=20000, height=20000, bit_depth=8):
+    """A valid greyscale PNG of zeros, width x height, every row present.
+
+    Rows (a filter byte and zeros) go through one zlib stream a row at a
+    time, so making it never holds the image: 20000 x 20000 at 8 bits is
+    400 MB of pixels in a 390 KB file (deflate's ~1,000:1 on zeros).
+    """
+    row = bytes(1 + (width * bit_depth + 7) // 8)
+    stream = zlib.compressobj()
+    parts = [stream.compress(row) for _ in range(height)]
+    parts.append(stream.flush())
+    header = struct.pack(">IIBBBBB", width, height, bit_depth, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + _png_chunk(b"IHDR", header)
+        + _png_chunk(b"IDAT", b"".join(parts))
+        + _png_chunk(b"IEND", b"")
+    )
+
+
+def gif_bytes(screen, frames):
+    """A GIF87a: screen (width, height), frames [(left, top, width,
+    height)], each with a 2-colour local table and one tiny LZW sub-block
+    (its pixels are not all there: for header tests and bombs)."""
+    out = b"GIF87a" + struct.pack("<HHBBB", *screen, 0, 0, 0)
+    for left, top, width, height in frames:
+        out += b"\x2c" + struct.pack("<HHHHB", left, top, width, height,
+                                      0x80)
+        out += b"\x00\x00\x00\xff\xff\xff"  # local table: black, white
+        out += b"\x02\x02\x44\x01\x00"  # code size 2; one sub-block; end
+    return out + b"\x3b"
+
+
+def header_bomb(kind, width, height):
+    """Bytes whose header declares width x height pixels, with (almost) no
+    pixel data: "jpeg" (SOF0 of a 1-pixel baseline JPEG rewritten), "gif"
+    (the logical screen), "gif_frames" (screen and 4 frames of that size),
+    "bmp" (BITMAPINFOHEADER, 24 bits), "webp" (VP8X canvas, width and
+    height up to 2**24)."""
+    if kind == "jpeg":
+        jpeg = bytearray(_tiny_jpeg())
+        sof = jpeg.index(b"\xff\xc0")
+        jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+        return bytes(jpeg)
+    if kind == "gif":
+        return gif_bytes((width, height), [(0, 0, 1, 1)])
+    if kind == "gif_frames":
+        return gif_bytes((width, height), [(0, 0, width, height)] * 4)
+    if kind == "bmp":
+        info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, 0,
+                           0, 0, 0, 0)
+        return b"BM" + struct.pack("<IHHI", 54 + 12, 0, 0, 54) + info + (
+            b"\x00" * 12
+        )
+    if kind == "webp":
+        vp8x = bytes([0, 0, 0, 0]) + (width - 1).to_bytes(3, "little") + (
+            height - 1
+        ).to_bytes(3, "little")
+        body = b"WEBP" + b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x
+        return b"RIFF" + struct.pack("<I", len(body)) + body
+    raise ValueError(f"unknown header_bomb kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def _tiny_jpeg():
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("L", (1, 1)).save(buffer, format="JPEG")
+    return buffer.getvalue()
 
 
 def _b64(data):
@@ -208,6 +287,31 @@ def _png_bomb(rng):
         return FuzzCase("png_bomb", body=_json({"instances": [bomb]}))
     return FuzzCase(
         "png_bomb", path="/v1/search", body=_json({"image": bomb, "k": 3})
+    )
+
+
+_HEADER_BOMBS = (
+    ("jpeg", 60000, 60000),
+    ("gif", 65535, 65535),
+    ("gif_frames", 8000, 8000),  # each frame under the cap, 4 over it
+    ("bmp", 30000, 30000),
+    ("webp", 1 << 24, 1 << 24),
+)
+
+
+def _image_bomb(rng):
+    if rng.random() < 0.5:
+        bomb = real_png_bomb()
+    else:
+        bomb = header_bomb(*rng.choice(_HEADER_BOMBS))
+    if rng.random() < 0.5:
+        return FuzzCase(
+            "image_bomb", path=rng.choice(_ROUTES[:2]),
+            body=_json({"instances": [_b64(bomb)]}),
+        )
+    return FuzzCase(
+        "image_bomb", path="/v1/search",
+        body=_json({"image": _b64(bomb), "k": 3}),
     )
 
 
@@ -392,6 +496,7 @@ GENERATORS = {
     "nan": (_nan, 50),
     "huge_k": (_huge_k, 50),
     "png_bomb": (_png_bomb, 12),
+    "image_bomb": (_image_bomb, 24),
     "deep_nesting": (_deep_nesting, 24),
     "traversal": (_traversal, 110),
     "bad_base64": (_bad_base64, 110),
@@ -402,7 +507,7 @@ GENERATORS = {
 
 
 def rest_cases(seed=0):
-    """The seeded list of REST fuzz cases (1,016 with the default mix)."""
+    """The seeded list of REST fuzz cases (1,040 with the default mix)."""
     rng = random.Random(seed)
     cases = []
     for make, count in GENERATORS.values():
@@ -491,6 +596,15 @@ def grpc_cases(seed=0):
         tf.make_tensor_proto([png_bomb()], dtype=tf.string)
     )
     cases.append(("PNG bomb", r))
+    for description, bomb in (
+        ("real PNG bomb", real_png_bomb()),
+        ("GIF frames bomb", header_bomb("gif_frames", 8000, 8000)),
+    ):
+        r = request()
+        r.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([bomb], dtype=tf.string)
+        )
+        cases.append((description, r))
     r = request()
     r.inputs["image_bytes"].CopyFrom(
         tf.make_tensor_proto([b"x"] * 1000, dtype=tf.string)

@@ -19,6 +19,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from shrewd_tf.data import preprocess
+
 SCALE = 4.0
 
 
@@ -32,10 +34,18 @@ def projection(code_bits, seed):
 
 
 class _Encoder(tf.Module):
-    def __init__(self, code_bits, seed):
+    def __init__(self, code_bits, seed, max_image_pixels=None):
         super().__init__()
         self.w = tf.Variable(projection(code_bits, seed))
         self.code_bits = code_bits
+        self.max_image_pixels = max_image_pixels
+
+    def _decode(self, image_bytes):
+        if self.max_image_pixels is None:
+            return tf.io.decode_png(image_bytes, channels=3)
+        return preprocess.decode_image(
+            image_bytes, 3, max_image_pixels=self.max_image_pixels
+        )
 
     def _encode(self, pooled):
         code = tf.sigmoid(tf.matmul(pooled / 255.0 - 0.5, self.w) * SCALE)
@@ -49,7 +59,7 @@ class _Encoder(tf.Module):
     def serve_bytes(self, image_bytes):
         pooled = tf.map_fn(
             lambda b: tf.reduce_mean(
-                tf.cast(tf.io.decode_png(b, channels=3), tf.float32),
+                tf.cast(self._decode(b), tf.float32),
                 axis=[0, 1],
             ),
             image_bytes,
@@ -64,9 +74,14 @@ class _Encoder(tf.Module):
         return self._encode(tf.reduce_mean(pixels, axis=[1, 2]))
 
 
-def write_encoder(path, code_bits=16, seed=0):
-    """Saves the encoder SavedModel to `path` (a version directory)."""
-    module = _Encoder(code_bits, seed)
+def write_encoder(path, code_bits=16, seed=0, max_image_pixels=None):
+    """Saves the encoder SavedModel to `path` (a version directory).
+
+    With `max_image_pixels`, images are decoded as the real export decodes
+    them (`preprocess.decode_image`: any format, refused over the cap
+    before decoding) rather than with `tf.io.decode_png`.
+    """
+    module = _Encoder(code_bits, seed, max_image_pixels)
     tf.saved_model.save(
         module,
         os.fspath(path),

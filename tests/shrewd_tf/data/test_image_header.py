@@ -183,3 +183,22 @@ def test_cap_checks_each_side_before_the_product():
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="4294967295 x 4294967295"):
         image_header.assert_within(encoded, 2**31 - 1)
+
+
+def test_gifs_of_tiny_blocks_by_the_hundred_thousand_are_refused():
+    # 1-byte sub-blocks: 2 bytes a step of the walk, a CPU bomb.
+    # Up to the LZW code size byte (no data, no trailer).
+    frame = fuzz.gif_bytes((8, 8), [(0, 0, 8, 8)])[:-5]
+    assert frame.endswith(b"\xff\xff\xff\x02")
+    tiny = frame + b"\x01\x00" * image_header.MAX_GIF_STEPS + b"\x00\x3b"
+    assert image_header.image_size(tiny).numpy()[2] == (
+        image_header.TOO_COMPLEX
+    )
+    with pytest.raises(tf.errors.InvalidArgumentError,
+                       match="GIF has more blocks than 65536 steps"):
+        image_header.assert_within(tiny, 10**6)
+    # The descriptor, MAX - 3 sub-blocks and the trailer: MAX - 1 steps.
+    fits = frame + b"\x01\x00" * (image_header.MAX_GIF_STEPS - 3) + (
+        b"\x00\x3b"
+    )
+    np.testing.assert_array_equal(image_header.image_size(fits), [8, 8, 64])
