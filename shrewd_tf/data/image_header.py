@@ -37,8 +37,8 @@ UNKNOWN = -1
 TOO_COMPLEX = -2  # pixels of a GIF that needs over MAX_GIF_STEPS steps
 # Steps of the GIF block walk: a 8 MiB GIF of full 255-byte sub-blocks
 # needs 33,000, so this leaves room for 30,000 frames and extensions;
-# a GIF of 1-byte sub-blocks reaches it in about 1.3 s (2 cores, 20 us a
-# step).
+# a GIF of 1-byte sub-blocks reaches it in about 1.4 s (~20 us a step,
+# 2 shared cores).
 MAX_GIF_STEPS = 2**16
 HEAD_BYTES = 32  # every header field read below lies in the first 32 bytes
 _PNG = b"\x89PNG\r\n\x1a\n"
