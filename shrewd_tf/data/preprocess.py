@@ -40,11 +40,12 @@ Why these numerics:
   bilinear either way, unlike "area", which turns blocky.
 * MAX_IMAGE_PIXELS, the default cap, is 2**26 = 67,108,864 pixels
   (8192 x 8192): above the 12 to 50 megapixels of camera photos, far
-  above the ImageNet-sized photos training uses. An RGBA image at the cap
-  is 256 MiB decoded and 1 GiB as float32 in step 2, which bounds one
-  image's preprocessing to a few GiB (a 20000 x 20000 bomb would need
-  about 6.4 GiB as float32 alone). Exports record their cap in
-  `preprocessing.json` (`export.saved_model.ImagePreprocessing`).
+  above the under-a-megapixel photos of ImageNet. An image at the cap is
+  at most 256 MiB decoded (RGBA) and 1 GiB as float32 in step 2. Without
+  it, a valid 20000 x 20000 grey PNG of zeros (389 KB) decodes to 400 MB,
+  1.6 GB as float32 and 4.8 GB tiled to RGB (peak RSS growth measured for
+  a grey target: 1.9 GB; refused by the cap: none). Exports record their
+  cap in `preprocessing.json` (`export.saved_model.ImagePreprocessing`).
 * Converting channels here rather than with `decode_image(channels=C)`
   gives arrays (IDX, tfds) and encoded bytes one conversion; the PNG and
   JPEG decoders would each convert RGB to grey with their own
