@@ -20,7 +20,10 @@ Formats are recognised by the magic bytes `tf.io.decode_image` looks at:
   larger of its screen and the sum of its frame areas;
 * BMP: int32 width and height at bytes 18 and 22 (negative height: rows
   top-down), read as `tf.io.decode_bmp` reads them;
-* WebP: the VP8X canvas, or the VP8L or VP8 frame header.
+* WebP: the VP8X canvas, or the VP8L or VP8 frame header. An animated
+  WebP (VP8X animation flag) is refused whatever its size: TensorFlow
+  2.20's WebP decoder corrupts the heap on one (`free(): invalid next
+  size`, the process aborts), even with `expand_animations=False`.
 
 Other bytes give UNKNOWN (-1) and are left to the decoder, which refuses
 them (or decodes a format added to it later).
@@ -35,6 +38,8 @@ import tensorflow as tf
 
 UNKNOWN = -1
 TOO_COMPLEX = -2  # pixels of a GIF that needs over MAX_GIF_STEPS steps
+ANIMATED_WEBP = -3  # pixels of an animated WebP: never decoded
+_WEBP_ANIMATION = 0x02  # in the VP8X flags byte
 # Steps of the GIF block walk: a 8 MiB GIF of full 255-byte sub-blocks
 # needs 33,000, so this leaves room for 30,000 frames and extensions;
 # a GIF of 1-byte sub-blocks reaches it in about 1.4 s (~20 us a step,
@@ -96,8 +101,17 @@ def _webp(head):
         [
             (
                 _starts_with(head, b"VP8X", 12),
-                lambda: _sizes(
-                    _unsigned(head, 27, 3) + 1, _unsigned(head, 24, 3) + 1
+                lambda: tf.where(
+                    tf.bitwise.bitwise_and(head[20], _WEBP_ANIMATION) > 0,
+                    tf.stack([
+                        _unsigned(head, 27, 3) + 1,
+                        _unsigned(head, 24, 3) + 1,
+                        tf.constant(ANIMATED_WEBP, tf.int64),
+                    ]),
+                    _sizes(
+                        _unsigned(head, 27, 3) + 1,
+                        _unsigned(head, 24, 3) + 1,
+                    ),
                 ),
             ),
             (
@@ -201,7 +215,8 @@ def image_size(encoded):
     Returns:
         int64 tensor [3]: height, width and the pixels the decoder
         allocates (height x width; for a GIF, at least the sum of its frame
-        areas, or TOO_COMPLEX for one with over MAX_GIF_STEPS blocks).
+        areas, or TOO_COMPLEX for one with over MAX_GIF_STEPS blocks;
+        ANIMATED_WEBP for an animated WebP).
         [-1, -1, -1] (UNKNOWN) for bytes of no format listed in the module
         docstring.
 
@@ -264,7 +279,8 @@ def assert_within(encoded, max_pixels):
         ValueError: `max_pixels` not a positive int.
         tf.errors.InvalidArgumentError: the image is over the cap; the
             message gives its height x width, its pixel count and the cap
-            (at run time inside a graph). Also a GIF of TOO_COMPLEX size.
+            (at run time inside a graph). Also a GIF of TOO_COMPLEX size
+            and an animated WebP, whatever `max_pixels`.
     """
     if isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or (
         max_pixels < 1
@@ -275,10 +291,11 @@ def assert_within(encoded, max_pixels):
         )
     height, width, pixels = tf.unstack(image_size(encoded))
     too_complex = tf.equal(pixels, TOO_COMPLEX)
+    animated = tf.equal(pixels, ANIMATED_WEBP)
     # Each side at most the cap first: height * width cannot wrap then.
     within = (height <= max_pixels) & (width <= max_pixels) & (
         pixels <= max_pixels
-    ) & ~too_complex
+    ) & ~too_complex & ~animated
     over = tf.strings.join(
         [
             "image is ",
@@ -298,7 +315,12 @@ def assert_within(encoded, max_pixels):
         f"GIF has more blocks than {MAX_GIF_STEPS} steps of "
         "image_header's walk can read (frames and extensions by the "
         "hundred thousand): re-encode it, or send a PNG or JPEG",
-        over,
+        tf.where(
+            animated,
+            "animated WebP is not supported (TensorFlow's WebP decoder "
+            "fails on it): send one frame as PNG, JPEG or still WebP",
+            over,
+        ),
     )
     if tf.executing_eagerly():  # the message alone, not Assert's wrapping
         if not bool(within):

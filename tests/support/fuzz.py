@@ -11,7 +11,8 @@ field), cycling through them until `count`:
 * image_bomb: real decompression bombs (`real_png_bomb`: a valid
   20000 x 20000 PNG of zeros, 390 KB) and headers declaring huge images
   in every format (`header_bomb`: JPEG, GIF screen or frames, BMP, WebP),
-  all over the server's default max_image_pixels;
+  all over the server's default max_image_pixels, and an animated WebP
+  (`animated_webp`: TF 2.20's decoder would abort the server on it);
 * deep_nesting: JSON nested 10^3 to 10^5 deep;
 * traversal: `..`, `%2e%2e`, absolute paths and NULs in image, static
   and model paths;
@@ -150,6 +151,22 @@ def header_bomb(kind, width, height):
         body = b"WEBP" + b"VP8X" + struct.pack("<I", len(vp8x)) + vp8x
         return b"RIFF" + struct.pack("<I", len(body)) + body
     raise ValueError(f"unknown header_bomb kind {kind!r}")
+
+
+@functools.lru_cache(maxsize=1)
+def animated_webp(frames=4):
+    """A 30 x 20 animated WebP (Pillow): TensorFlow 2.20's WebP decoder
+    corrupts the heap on it, so `image_header` refuses it undecoded."""
+    import io
+
+    from PIL import Image
+
+    images = [Image.new("RGB", (30, 20), (40 * i, 0, 0)) for i in
+              range(frames)]
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="WEBP", save_all=True,
+                   append_images=images[1:])
+    return buffer.getvalue()
 
 
 @functools.lru_cache(maxsize=1)
@@ -300,7 +317,10 @@ _HEADER_BOMBS = (
 
 
 def _image_bomb(rng):
-    if rng.random() < 0.5:
+    choice = rng.random()
+    if choice < 0.1:
+        bomb = animated_webp()  # not a bomb: a decoder crash, refused too
+    elif choice < 0.55:
         bomb = real_png_bomb()
     else:
         bomb = header_bomb(*rng.choice(_HEADER_BOMBS))
@@ -599,6 +619,7 @@ def grpc_cases(seed=0):
     for description, bomb in (
         ("real PNG bomb", real_png_bomb()),
         ("GIF frames bomb", header_bomb("gif_frames", 8000, 8000)),
+        ("animated WebP (decoder crash) bomb", animated_webp()),
     ):
         r = request()
         r.inputs["image_bytes"].CopyFrom(
