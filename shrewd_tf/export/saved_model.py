@@ -30,11 +30,11 @@ raw images; only core TensorFlow ops, no ScaNN/Text/Addons ops):
   -> the same outputs.
 
 Both run `preprocess.preprocess_image` with the run's `preprocessing.json`
-(image_shape, mean, std; `encode_images` refuses images over its
-max_image_pixels before decoding, INVALID_ARGUMENT): the one function that also made the training and
-evaluation inputs and the stored TFRecord images (channels converted,
-resized to H x W with antialiased bilinear, rounded to uint8, then
-`(x - mean) / std`). So a client's original image gives the code the model
+(image_shape, mean, std; `encode_images` refuses an image over its
+max_image_pixels before decoding it, INVALID_ARGUMENT): the one function
+that also made the training and evaluation inputs and the stored TFRecord
+images (channels converted, resized to H x W with antialiased bilinear,
+rounded to uint8, then `(x - mean) / std`). So a client's original image gives the code the model
 was evaluated with, whatever source it was trained from.
 
 `bits` packs `code > BIT_THRESHOLD` MSB-first, like `ops.bits.pack_bits`

@@ -9,7 +9,7 @@ from apache_beam.testing.util import equal_to
 
 from pipeline import transforms
 from shrewd_tf.data import records as data
-from tests.support import fuzz
+from tests.support import image_bombs
 from tests.support.image_sources import decode
 from tests.support.image_sources import pixels
 
@@ -17,9 +17,11 @@ from tests.support.image_sources import pixels
 def test_bombs_become_dead_letters_and_the_job_goes_on():
     records = [
         data.ImageRecord(id="ok", image=data.encode_png(pixels(16, 16, 3))),
-        data.ImageRecord(id="png_bomb", image=fuzz.real_png_bomb()),
-        data.ImageRecord(id="gif_bomb",
-                         image=fuzz.header_bomb("gif_frames", 8000, 8000)),
+        data.ImageRecord(id="png_bomb", image=image_bombs.real_png_bomb()),
+        data.ImageRecord(
+            id="gif_bomb",
+            image=image_bombs.header_bomb("gif_frames", 8000, 8000),
+        ),
     ]
     # FnApiRunner: DirectRunner would first try to fetch the Prism binary.
     with test_pipeline.TestPipeline(runner="FnApiRunner") as pipeline:

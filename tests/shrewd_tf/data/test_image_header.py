@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from shrewd_tf.data import image_header
-from tests.support import fuzz
+from tests.support import image_bombs
 
 SIZES = [(1, 1), (21, 37), (300, 7), (7, 300)]  # (height, width)
 
@@ -82,7 +82,7 @@ def test_bmp_top_down_and_large_values():
         image_header.image_size(top_down), [21, 37, 777]
     )
     np.testing.assert_array_equal(
-        image_header.image_size(fuzz.header_bomb("bmp", 30000, 40000)),
+        image_header.image_size(image_bombs.header_bomb("bmp", 30000, 40000)),
         [40000, 30000, 1_200_000_000],
     )
 
@@ -136,11 +136,11 @@ def test_gif_frames_are_summed_like_the_reference_walk():
 
 
 def test_gif_frames_past_the_screen_widen_the_size():
-    encoded = fuzz.gif_bytes((4, 4), [(0, 0, 2, 2), (10, 3, 100, 50)])
+    encoded = image_bombs.gif_bytes((4, 4), [(0, 0, 2, 2), (10, 3, 100, 50)])
     expected = (53, 110, 53 * 110)
     assert reference_gif_size(encoded) == expected
     np.testing.assert_array_equal(image_header.image_size(encoded), expected)
-    many = fuzz.gif_bytes((8, 8), [(0, 0, 8, 8)] * 300)
+    many = image_bombs.gif_bytes((8, 8), [(0, 0, 8, 8)] * 300)
     assert reference_gif_size(many) == (8, 8, 300 * 64)
     np.testing.assert_array_equal(
         image_header.image_size(many), [8, 8, 300 * 64]
@@ -179,7 +179,7 @@ def test_cap_must_be_a_positive_int(max_pixels):
 
 def test_cap_checks_each_side_before_the_product():
     # 2**32 - 1 squared wraps int64; each side is over the cap on its own.
-    encoded = fuzz.png_bomb(2**32 - 1, 2**32 - 1)
+    encoded = image_bombs.png_bomb(2**32 - 1, 2**32 - 1)
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="4294967295 x 4294967295"):
         image_header.assert_within(encoded, 2**31 - 1)
@@ -188,7 +188,7 @@ def test_cap_checks_each_side_before_the_product():
 def test_gifs_of_tiny_blocks_by_the_hundred_thousand_are_refused():
     # 1-byte sub-blocks: 2 bytes a step of the walk, a CPU bomb.
     # Up to the LZW code size byte (no data, no trailer).
-    frame = fuzz.gif_bytes((8, 8), [(0, 0, 8, 8)])[:-5]
+    frame = image_bombs.gif_bytes((8, 8), [(0, 0, 8, 8)])[:-5]
     assert frame.endswith(b"\xff\xff\xff\x02")
     tiny = frame + b"\x01\x00" * image_header.MAX_GIF_STEPS + b"\x00\x3b"
     assert image_header.image_size(tiny).numpy()[2] == (
@@ -207,7 +207,7 @@ def test_gifs_of_tiny_blocks_by_the_hundred_thousand_are_refused():
 def test_animated_webp_is_refused_before_the_decoder_sees_it():
     # TF 2.20's decoder corrupts the heap on it (the process aborts), so
     # this test never calls it.
-    animated = fuzz.animated_webp()
+    animated = image_bombs.animated_webp()
     assert animated[12:16] == b"VP8X"
     height, width, pixels = image_header.image_size(animated).numpy()
     assert (height, width) == (20, 30)

@@ -17,7 +17,7 @@ from PIL import Image
 from shrewd_tf.data import image_folder
 from shrewd_tf.data import preprocess
 from tests import paths
-from tests.support import fuzz
+from tests.support import image_bombs
 
 HEIGHT, WIDTH = 6, 5
 AT_CAP = HEIGHT * WIDTH
@@ -73,8 +73,8 @@ def test_the_cap_holds_in_a_graph_and_in_tf_data():
 
 def test_the_default_cap_refuses_headers_of_every_format():
     assert preprocess.MAX_IMAGE_PIXELS == 8192 * 8192
-    for kind, width, height in fuzz._HEADER_BOMBS:
-        bomb = fuzz.header_bomb(kind, width, height)
+    for kind, width, height in image_bombs.HEADER_BOMBS:
+        bomb = image_bombs.header_bomb(kind, width, height)
         with pytest.raises(tf.errors.InvalidArgumentError,
                            match="max_image_pixels=67108864"):
             preprocess.preprocess_image(bomb, (8, 8, 3))
@@ -92,7 +92,7 @@ def test_pixels_are_not_capped():
 def test_prepare_image_reports_a_bomb_as_a_decode_problem():
     # The Beam record writer's path: a dead letter, not a crash.
     with pytest.raises(image_folder.ImageProblem) as problem:
-        image_folder.prepare_image(fuzz.real_png_bomb(), 3, (8, 8))
+        image_folder.prepare_image(image_bombs.real_png_bomb(), 3, (8, 8))
     assert problem.value.stage == "decode_image"
     assert "image is 20000 x 20000 (400000000 pixels decoded)" in (
         problem.value.reason
@@ -105,7 +105,7 @@ _BOMB_SCRIPT = """
 import json, sys
 import tensorflow as tf
 from shrewd_tf.data import preprocess
-from tests.support import fuzz
+from tests.support import image_bombs
 
 def kb(field):
     with open("/proc/self/status") as f:
@@ -117,8 +117,8 @@ cap = int(sys.argv[1])
 shape = (8, 8, 1)  # grey: an uncapped decode needs ~2 GB, not ~6
 run = tf.function(
     lambda b: preprocess.preprocess_image(b, shape, max_image_pixels=cap))
-bomb = tf.constant(fuzz.real_png_bomb(20000, 20000))
-small = tf.constant(fuzz.real_png_bomb(64, 64))
+bomb = tf.constant(image_bombs.real_png_bomb(20000, 20000))
+small = tf.constant(image_bombs.real_png_bomb(64, 64))
 run(small); preprocess.preprocess_image(small, shape)  # warm up
 with open("/proc/self/clear_refs", "w") as f:
     f.write("5")

@@ -13,7 +13,7 @@ import tensorflow as tf
 from shrewd_tf import contract
 from shrewd_tf.data import preprocess
 from shrewd_tf.export import saved_model as export
-from tests.support import fuzz
+from tests.support import image_bombs
 from tests.support.exports import IMAGE_SHAPE
 from tests.support.exports import MEAN
 from tests.support.exports import STD
@@ -32,7 +32,7 @@ def test_the_default_export_refuses_a_real_bomb(exported):
         preprocess.MAX_IMAGE_PIXELS
     )
     serve = exported[2].signatures["serving_default"]
-    bomb = tf.constant([fuzz.real_png_bomb()])
+    bomb = tf.constant([image_bombs.real_png_bomb()])
     with pytest.raises(tf.errors.InvalidArgumentError) as error:
         serve(images=bomb)
     message = error.value.message
