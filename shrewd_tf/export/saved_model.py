@@ -34,8 +34,9 @@ Both run `preprocess.preprocess_image` with the run's `preprocessing.json`
 max_image_pixels before decoding it, INVALID_ARGUMENT): the one function
 that also made the training and evaluation inputs and the stored TFRecord
 images (channels converted, resized to H x W with antialiased bilinear,
-rounded to uint8, then `(x - mean) / std`). So a client's original image gives the code the model
-was evaluated with, whatever source it was trained from.
+rounded to uint8, then `(x - mean) / std`). So a client's original image
+gives the code the model was evaluated with, whatever source it was
+trained from.
 
 `bits` packs `code > BIT_THRESHOLD` MSB-first, like `ops.bits.pack_bits`
 (`np.packbits(code > 0.5, axis=-1)`): bit j is bit 7 - j % 8 of byte
