@@ -27,6 +27,7 @@ from shrewd_tf.data import preprocess
 from shrewd_tf.retrieval import BinaryHammingIndex
 from shrewd_tf.retrieval import ScannIndex
 from tests.support import fuzz
+from tests.support import image_bombs
 from tests.support import saved_models
 from tests.support.http import b64
 from tests.support.http import http_json
@@ -162,6 +163,22 @@ def test_rest_fuzz_never_answers_500(server, caplog):
     assert bombs == {400}, counts  # refused from the header, not a 413
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     _check_normal_requests(server)
+    assert _rss_mb() - rss_before < MAX_RSS_GROWTH_MB
+
+
+def test_a_real_bomb_gets_400_naming_its_size_and_the_cap(server):
+    rss_before = _rss_mb()
+    bomb = b64(image_bombs.real_png_bomb())
+    for path, body in (
+        (f"/v1/models/{fuzz.MODEL}:predict", {"instances": [bomb]}),
+        ("/v1/search", {"image": bomb, "k": 3}),
+    ):
+        status, answer = http_json(server.rest_port, "POST", path, body)
+        assert status == 400, answer
+        assert "image is 20000 x 20000 (400000000 pixels decoded)" in (
+            answer["error"]
+        )
+        assert "max_image_pixels=67108864" in answer["error"]
     assert _rss_mb() - rss_before < MAX_RSS_GROWTH_MB
 
 
