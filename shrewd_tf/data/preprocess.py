@@ -136,6 +136,8 @@ def decode_image(encoded, channels=None, max_image_pixels=MAX_IMAGE_PIXELS):
             None for the file's own channel count.
         max_image_pixels: int; an image whose header declares a height, a
             width or a pixel count above it is refused before decoding.
+            None: no check, for bytes this code wrote itself (the check
+            costs ~0.1 to 0.2 ms an image in tf.data on 2 busy cores).
 
     Returns:
         uint8 tensor [h, w, C].
@@ -147,7 +149,9 @@ def decode_image(encoded, channels=None, max_image_pixels=MAX_IMAGE_PIXELS):
             the cap and how to raise it).
     """
     encoded = tf.convert_to_tensor(encoded, tf.string)
-    check = image_header.assert_within(encoded, max_image_pixels)
+    check = None
+    if max_image_pixels is not None:
+        check = image_header.assert_within(encoded, max_image_pixels)
     with tf.control_dependencies([check] if check is not None else []):
         image = tf.io.decode_image(
             encoded, channels=0, expand_animations=False
@@ -198,7 +202,8 @@ def preprocess_image(image, image_shape, mean=None, std=None,
         image_shape: (H, W, C), C in (1, 3, 4).
         mean, std: per-channel statistics ([C] or one value) in 0..255
             pixel units, both or neither.
-        max_image_pixels: the cap of `decode_image` on encoded bytes.
+        max_image_pixels: the cap of `decode_image` on encoded bytes (None:
+            no check).
 
     Returns:
         uint8 [..., H, W, C] without `mean`/`std` (what storage holds),

@@ -157,3 +157,14 @@ def test_a_real_bomb_is_refused_without_allocating_it():
         assert "image is 20000 x 20000 (400000000 pixels decoded)" in message
         assert "max_image_pixels=67108864" in message
     assert result["growth_mb"] < 200, result
+
+
+def test_no_cap_decodes_as_tensorflow_does():
+    image = encoded("PNG")
+    in_graph = tf.function(
+        lambda b: preprocess.decode_image(b, max_image_pixels=None)
+    )
+    np.testing.assert_array_equal(
+        in_graph(tf.constant(image)),
+        tf.io.decode_image(image, expand_animations=False),
+    )
