@@ -137,7 +137,8 @@ def decode_image(encoded, channels=None, max_image_pixels=MAX_IMAGE_PIXELS):
         max_image_pixels: int; an image whose header declares a height, a
             width or a pixel count above it is refused before decoding.
             None: no check, for bytes this code wrote itself (the check
-            costs ~0.1 to 0.2 ms an image in tf.data on 2 busy cores).
+            costs 0.15 ms a 32 x 32 PNG, 0.5 ms a 224 x 224 JPEG in
+            tf.data on 2 busy cores; decoding them, 0.14 and 1.5 ms).
 
     Returns:
         uint8 tensor [h, w, C].
