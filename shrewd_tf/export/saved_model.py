@@ -11,7 +11,8 @@ Layout written by `export_saved_model(run_dir, export_root, name)`:
           assets.extra/                  # ignored by TF Serving's loader
             tf_serving_warmup_requests   # tf_serving.write_warmup_requests
             config.json                  # the run's ExperimentConfig
-            preprocessing.json           # image_shape, mean, std
+            preprocessing.json           # image_shape, mean, std,
+                                         # max_image_pixels
 
 File and signature names are those of `shrewd_tf.contract`. A version
 directory appears in one `rename` of a finished staging directory
@@ -29,11 +30,13 @@ raw images; only core TensorFlow ops, no ScaNN/Text/Addons ops):
   -> the same outputs.
 
 Both run `preprocess.preprocess_image` with the run's `preprocessing.json`
-(image_shape, mean, std): the one function that also made the training and
-evaluation inputs and the stored TFRecord images (channels converted,
-resized to H x W with antialiased bilinear, rounded to uint8, then
-`(x - mean) / std`). So a client's original image gives the code the model
-was evaluated with, whatever source it was trained from.
+(image_shape, mean, std; `encode_images` refuses an image over its
+max_image_pixels before decoding it, INVALID_ARGUMENT): the one function
+that also made the training and evaluation inputs and the stored TFRecord
+images (channels converted, resized to H x W with antialiased bilinear,
+rounded to uint8, then `(x - mean) / std`). So a client's original image
+gives the code the model was evaluated with, whatever source it was
+trained from.
 
 `bits` packs `code > BIT_THRESHOLD` MSB-first, like `ops.bits.pack_bits`
 (`np.packbits(code > 0.5, axis=-1)`): bit j is bit 7 - j % 8 of byte
@@ -77,11 +80,19 @@ class ImagePreprocessing:
         mean: C floats (or 1, broadcast), per-channel mean in 0..255 pixel
             units.
         std: C floats (or 1), per-channel standard deviation, > 0.
+        max_image_pixels: int; the `images` signature refuses an image
+            whose header declares more pixels (or a longer side) with
+            INVALID_ARGUMENT before decoding it, so a decompression bomb
+            cannot exhaust the server's memory. None:
+            `preprocess.MAX_IMAGE_PIXELS` (2**26, 8192 x 8192). Recorded in
+            the export's preprocessing.json; the graph holds it as a
+            constant, so every server runs the exported value.
     """
 
     image_shape: tuple
     mean: tuple
     std: tuple
+    max_image_pixels: int = None
 
     def __post_init__(self):
         shape = tuple(self.image_shape)
@@ -109,21 +120,36 @@ class ImagePreprocessing:
                 f"std must be positive. Received: std={list(self.std)}"
             )
         object.__setattr__(self, "image_shape", shape)
+        cap = self.max_image_pixels
+        if cap is None:
+            from shrewd_tf.data import preprocess
+
+            cap = preprocess.MAX_IMAGE_PIXELS
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            raise ValueError(
+                "max_image_pixels must be a positive int (pixels per "
+                f"image). Received: max_image_pixels={cap!r}"
+            )
+        object.__setattr__(self, "max_image_pixels", cap)
 
     @classmethod
     def from_dict(cls, values):
-        """Builds it from `{"image_shape": [H, W, C], "mean": [...], ...}`."""
-        unknown = set(values) - {"image_shape", "mean", "std"}
+        """Builds it from `{"image_shape": [H, W, C], "mean": [...], ...}`
+        (max_image_pixels optional: files written before it lack it)."""
+        unknown = set(values) - {
+            "image_shape", "mean", "std", "max_image_pixels"
+        }
         missing = {"image_shape", "mean", "std"} - set(values)
         if unknown or missing:
             raise ValueError(
-                "preprocessing needs exactly image_shape, mean and std. "
-                f"Received keys: {sorted(values)}"
+                "preprocessing needs image_shape, mean and std, and may "
+                f"give max_image_pixels. Received keys: {sorted(values)}"
             )
         return cls(
             image_shape=tuple(values["image_shape"]),
             mean=tuple(np.reshape(values["mean"], -1).tolist()),
             std=tuple(np.reshape(values["std"], -1).tolist()),
+            max_image_pixels=values.get("max_image_pixels"),
         )
 
     @classmethod
@@ -136,6 +162,7 @@ class ImagePreprocessing:
             "image_shape": list(self.image_shape),
             "mean": list(self.mean),
             "std": list(self.std),
+            "max_image_pixels": self.max_image_pixels,
         }
 
 
@@ -202,6 +229,7 @@ def _add_endpoints(archive, model, preprocessing):
 
     image_shape = preprocessing.image_shape
     mean, std = preprocessing.mean, preprocessing.std
+    cap = preprocessing.max_image_pixels
 
     def encode(images):
         outputs = model(images, training=False)
@@ -226,7 +254,7 @@ def _add_endpoints(archive, model, preprocessing):
         return encode(
             tf.map_fn(
                 lambda image: preprocess.preprocess_image(
-                    image, image_shape, mean, std
+                    image, image_shape, mean, std, max_image_pixels=cap
                 ),
                 images,
                 fn_output_signature=tf.TensorSpec(image_shape, tf.float32),

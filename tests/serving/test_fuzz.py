@@ -3,6 +3,12 @@
 Property: every answer is 4xx or 501 (gRPC: never INTERNAL or UNKNOWN),
 never 500; the server keeps answering correctly afterwards, and its memory
 stays bounded. The cases come from the seeded `tests.support.fuzz`.
+
+The served encoder decodes as the real export does
+(`preprocess.decode_image` with the default `max_image_pixels`), so the
+decompression bombs (a valid 20000 x 20000 PNG of zeros; headers declaring
+huge JPEG, GIF, BMP and WebP images) are refused 400 / INVALID_ARGUMENT
+from their headers, within the RSS bound.
 """
 
 import collections
@@ -17,9 +23,11 @@ from tensorflow_serving.apis import prediction_service_pb2_grpc
 
 from serving.server import Server
 from serving.server import ServerConfig
+from shrewd_tf.data import preprocess
 from shrewd_tf.retrieval import BinaryHammingIndex
 from shrewd_tf.retrieval import ScannIndex
 from tests.support import fuzz
+from tests.support import image_bombs
 from tests.support import saved_models
 from tests.support.http import b64
 from tests.support.http import http_json
@@ -42,7 +50,8 @@ def _rss_mb():
 def server(tmp_path_factory):
     root = tmp_path_factory.mktemp("fuzz")
     saved_models.write_encoder(
-        root / "exports" / fuzz.MODEL / "1", CODE_BITS, seed=0
+        root / "exports" / fuzz.MODEL / "1", CODE_BITS, seed=0,
+        max_image_pixels=preprocess.MAX_IMAGE_PIXELS,
     )
     rng = np.random.default_rng(0)
     codes = rng.random((NUM_CODES, CODE_BITS)).astype(np.float32)
@@ -150,8 +159,26 @@ def test_rest_fuzz_never_answers_500(server, caplog):
         "REST fuzz (kind, status): %s", sorted(counts.items(), key=str)
     )
     assert not failures, failures[:5]
+    bombs = {s for (kind, s) in counts if kind == "image_bomb"}
+    assert bombs == {400}, counts  # refused from the header, not a 413
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
     _check_normal_requests(server)
+    assert _rss_mb() - rss_before < MAX_RSS_GROWTH_MB
+
+
+def test_a_real_bomb_gets_400_naming_its_size_and_the_cap(server):
+    rss_before = _rss_mb()
+    bomb = b64(image_bombs.real_png_bomb())
+    for path, body in (
+        (f"/v1/models/{fuzz.MODEL}:predict", {"instances": [bomb]}),
+        ("/v1/search", {"image": bomb, "k": 3}),
+    ):
+        status, answer = http_json(server.rest_port, "POST", path, body)
+        assert status == 400, answer
+        assert "image is 20000 x 20000 (400000000 pixels decoded)" in (
+            answer["error"]
+        )
+        assert "max_image_pixels=67108864" in answer["error"]
     assert _rss_mb() - rss_before < MAX_RSS_GROWTH_MB
 
 
@@ -169,6 +196,8 @@ def test_grpc_fuzz_never_answers_internal(server):
         except grpc.RpcError as e:
             code = e.code()
         counts[code.name] += 1
+        if "bomb" in description and code != grpc.StatusCode.INVALID_ARGUMENT:
+            bad.append((description, code))
         if code in (
             grpc.StatusCode.INTERNAL,
             grpc.StatusCode.UNKNOWN,

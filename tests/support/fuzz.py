@@ -8,6 +8,11 @@ field), cycling through them until `count`:
 * nan: NaN / Infinity (Python's JSON extension) in codes and pixels;
 * huge_k: k too large, negative, fractional, a string, a bool;
 * png_bomb: a PNG whose header claims 30000 x 30000 pixels;
+* image_bomb: real decompression bombs (`real_png_bomb`: a valid
+  20000 x 20000 PNG of zeros, 390 KB) and headers declaring huge images
+  in every format (`header_bomb`: JPEG, GIF screen or frames, BMP, WebP),
+  all over the server's default max_image_pixels, and an animated WebP
+  (`animated_webp`: TF 2.20's decoder would abort the server on it);
 * deep_nesting: JSON nested 10^3 to 10^5 deep;
 * traversal: `..`, `%2e%2e`, absolute paths and NULs in image, static
   and model paths;
@@ -28,8 +33,12 @@ import base64
 import dataclasses
 import json
 import random
-import struct
-import zlib
+
+from tests.support.image_bombs import HEADER_BOMBS
+from tests.support.image_bombs import animated_webp
+from tests.support.image_bombs import header_bomb
+from tests.support.image_bombs import png_bomb
+from tests.support.image_bombs import real_png_bomb
 
 MODEL = "enc"
 _PREDICT = f"/v1/models/{MODEL}:predict"
@@ -63,25 +72,6 @@ class FuzzCase:
 
 def _json(value):
     return json.dumps(value).encode("utf-8")
-
-
-def png_bomb(width=30000, height=30000):
-    """A PNG header claiming width x height RGB pixels, with a tiny IDAT."""
-
-    def chunk(tag, data):
-        crc = zlib.crc32(tag + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + tag + data + struct.pack(
-            ">I", crc
-        )
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", idat)
-        + chunk(b"IEND", b"")
-    )
 
 
 def _b64(data):
@@ -208,6 +198,25 @@ def _png_bomb(rng):
         return FuzzCase("png_bomb", body=_json({"instances": [bomb]}))
     return FuzzCase(
         "png_bomb", path="/v1/search", body=_json({"image": bomb, "k": 3})
+    )
+
+
+def _image_bomb(rng):
+    choice = rng.random()
+    if choice < 0.1:
+        bomb = animated_webp()  # not a bomb: a decoder crash, refused too
+    elif choice < 0.55:
+        bomb = real_png_bomb()
+    else:
+        bomb = header_bomb(*rng.choice(HEADER_BOMBS))
+    if rng.random() < 0.5:
+        return FuzzCase(
+            "image_bomb", path=rng.choice(_ROUTES[:2]),
+            body=_json({"instances": [_b64(bomb)]}),
+        )
+    return FuzzCase(
+        "image_bomb", path="/v1/search",
+        body=_json({"image": _b64(bomb), "k": 3}),
     )
 
 
@@ -392,6 +401,7 @@ GENERATORS = {
     "nan": (_nan, 50),
     "huge_k": (_huge_k, 50),
     "png_bomb": (_png_bomb, 12),
+    "image_bomb": (_image_bomb, 24),
     "deep_nesting": (_deep_nesting, 24),
     "traversal": (_traversal, 110),
     "bad_base64": (_bad_base64, 110),
@@ -402,7 +412,7 @@ GENERATORS = {
 
 
 def rest_cases(seed=0):
-    """The seeded list of REST fuzz cases (1,016 with the default mix)."""
+    """The seeded list of REST fuzz cases (1,040 with the default mix)."""
     rng = random.Random(seed)
     cases = []
     for make, count in GENERATORS.values():
@@ -491,6 +501,16 @@ def grpc_cases(seed=0):
         tf.make_tensor_proto([png_bomb()], dtype=tf.string)
     )
     cases.append(("PNG bomb", r))
+    for description, bomb in (
+        ("real PNG bomb", real_png_bomb()),
+        ("GIF frames bomb", header_bomb("gif_frames", 8000, 8000)),
+        ("animated WebP (decoder crash) bomb", animated_webp()),
+    ):
+        r = request()
+        r.inputs["image_bytes"].CopyFrom(
+            tf.make_tensor_proto([bomb], dtype=tf.string)
+        )
+        cases.append((description, r))
     r = request()
     r.inputs["image_bytes"].CopyFrom(
         tf.make_tensor_proto([b"x"] * 1000, dtype=tf.string)

@@ -22,6 +22,8 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from shrewd_tf.data import preprocess
+
 SCALE = 4.0
 
 
@@ -40,14 +42,23 @@ def logits_projection(num_classes, seed):
 
 
 class _Encoder(tf.Module):
-    def __init__(self, code_bits, seed, num_classes=None):
+    def __init__(self, code_bits, seed, num_classes=None,
+                 max_image_pixels=None):
         super().__init__()
         self.w = tf.Variable(projection(code_bits, seed))
         self.code_bits = code_bits
+        self.max_image_pixels = max_image_pixels
         self.w_logits = (
             None
             if num_classes is None
             else tf.Variable(logits_projection(num_classes, seed))
+        )
+
+    def _decode(self, image_bytes):
+        if self.max_image_pixels is None:
+            return tf.io.decode_png(image_bytes, channels=3)
+        return preprocess.decode_image(
+            image_bytes, 3, max_image_pixels=self.max_image_pixels
         )
 
     def _encode(self, pooled):
@@ -68,7 +79,7 @@ class _Encoder(tf.Module):
     def serve_bytes(self, image_bytes):
         pooled = tf.map_fn(
             lambda b: tf.reduce_mean(
-                tf.cast(tf.io.decode_png(b, channels=3), tf.float32),
+                tf.cast(self._decode(b), tf.float32),
                 axis=[0, 1],
             ),
             image_bytes,
@@ -83,10 +94,16 @@ class _Encoder(tf.Module):
         return self._encode(tf.reduce_mean(pixels, axis=[1, 2]))
 
 
-def write_encoder(path, code_bits=16, seed=0, num_classes=None):
-    """Saves the encoder SavedModel to `path` (a version directory); with
-    `num_classes`, it also outputs "logits"."""
-    module = _Encoder(code_bits, seed, num_classes)
+def write_encoder(path, code_bits=16, seed=0, num_classes=None,
+                  max_image_pixels=None):
+    """Saves the encoder SavedModel to `path` (a version directory).
+
+    With `num_classes`, it also outputs "logits". With `max_image_pixels`,
+    images are decoded as the real export decodes them
+    (`preprocess.decode_image`: any format, refused over the cap before
+    decoding) rather than with `tf.io.decode_png`.
+    """
+    module = _Encoder(code_bits, seed, num_classes, max_image_pixels)
     tf.saved_model.save(
         module,
         os.fspath(path),
