@@ -100,6 +100,13 @@ def from_tensorflow_error(error):
         if not _NOISE.match(line)
     ]
     message = re.sub(r"\s*\[Op:[^\]]*\]\s*$", "", " ".join(lines)).strip()
+    # Graph wrapping: "{{function_node ...}} " before, "[[{{node ...}}]]"
+    # after, and an Assert's "assertion failed: [text]" around its text.
+    message = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", message)
+    message = re.sub(r"\s*\[\[\{\{node [^}]*\}\}\]\]", "", message).strip()
+    asserted = re.fullmatch(r"assertion failed: \[(.*)\]", message, re.S)
+    if asserted:
+        message = asserted.group(1)
     code = _BY_NUMBER.get(
         getattr(error, "error_code", 2), grpc.StatusCode.UNKNOWN
     )

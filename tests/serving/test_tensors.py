@@ -154,6 +154,30 @@ def test_tensorflow_errors_keep_the_op_message_and_code():
     assert "Graph execution error" not in error.message
 
 
+def test_graph_wrapping_is_dropped_from_an_assert_message():
+    @tf.function
+    def check(x):
+        tf.debugging.Assert(x < 0, ["x must be negative, got", x])
+        return x
+
+    with pytest.raises(tf.errors.InvalidArgumentError) as info:
+        check(tf.constant(3))
+    assert "[[{{node Assert/Assert}}]]" in str(info.value.message)
+    error = from_tensorflow_error(info.value)
+    assert error.code == grpc.StatusCode.INVALID_ARGUMENT
+    assert error.message == "x must be negative, got] [3"
+    # As a SavedModel's functions word it (map_fn bodies, loaded graphs).
+    nested = tf.errors.InvalidArgumentError(
+        None, None,
+        "{{function_node __inference_encode_images_992}} assertion failed: "
+        "[image is 20 x 20, over max_image_pixels=100]\n\t "
+        "[[{{node map/while/Assert/Assert}}]] [Op:__inference_f_1]",
+    )
+    assert from_tensorflow_error(nested).message == (
+        "image is 20 x 20, over max_image_pixels=100"
+    )
+
+
 def test_tensor_protos_larger_than_their_values_are_refused_fast():
     from tensorflow.core.framework import tensor_pb2
     from tensorflow.core.framework import types_pb2
