@@ -43,8 +43,8 @@ import time
 import faiss
 import numpy as np
 
-from bench_serving import free_port
-from bench_serving import wait_ready
+from http_load import free_port
+from http_load import wait_ready
 from shrewd_tf.ops.bits import unpack_bits
 from shrewd_tf.retrieval.hamming_index import BinaryHammingIndex
 from shrewd_tf.retrieval.method_policy import build_binary_index

@@ -32,21 +32,19 @@ bound of what a dedicated server does.
 
 import argparse
 import base64
-import http.client
 import io
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import numpy as np
 
+import http_load
 from shrewd_tf import contract
 from shrewd_tf.ops.bits import pack_bits
 
@@ -121,72 +119,6 @@ def png_bytes(rng, size=32):
     return buffer.getvalue()
 
 
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def wait_ready(port, process, timeout_s=600):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection(
-                "127.0.0.1", port, timeout=5
-            )
-            connection.request("GET", "/v1/database?limit=1")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError("server did not start")
-
-
-def load_test(port, bodies, threads, duration_s):
-    """Runs `threads` clients for `duration_s` -> (latencies s, elapsed s)."""
-    stop = time.monotonic() + duration_s
-    latencies = [[] for _ in range(threads)]
-    errors = []
-
-    def client(slot):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-        i = slot
-        while time.monotonic() < stop:
-            body = bodies[i % len(bodies)]
-            i += threads
-            started = time.perf_counter()
-            connection.request(
-                "POST",
-                "/v1/search",
-                body,
-                {"Content-Type": "application/json"},
-            )
-            answer = connection.getresponse()
-            payload = answer.read()
-            latencies[slot].append(time.perf_counter() - started)
-            if answer.status != 200:
-                errors.append(payload[:200])
-        connection.close()
-
-    workers = [
-        threading.Thread(target=client, args=(s,)) for s in range(threads)
-    ]
-    started = time.monotonic()
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.monotonic() - started
-    if errors:
-        raise RuntimeError(
-            f"{len(errors)} failed requests, e.g. {errors[0]!r}"
-        )
-    return np.concatenate([np.asarray(l) for l in latencies]), elapsed
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -252,7 +184,7 @@ def main(argv=None):
             timings["direct metadata table read (k ids)"].append(t3 - t2)
         del index, codes
 
-        port = free_port()
+        port = http_load.free_port()
         command = [
             sys.executable,
             "-m",
@@ -271,7 +203,7 @@ def main(argv=None):
         server = subprocess.Popen(command, cwd=REPO_ROOT)
         try:
             t0 = time.perf_counter()
-            wait_ready(port, server)
+            http_load.wait_ready(port, server)
             logging.info("server ready in %.1f s", time.perf_counter() - t0)
             bodies = {
                 "code": [
@@ -304,9 +236,12 @@ def main(argv=None):
             results = {}
             for kind, kind_bodies in bodies.items():
                 for threads in thread_counts:
-                    load_test(port, kind_bodies, threads, 1.0)  # warm up
-                    results[kind, threads] = load_test(
-                        port, kind_bodies, threads, args.duration_s
+                    http_load.load_test(  # warm up
+                        port, "/v1/search", kind_bodies, threads, 1.0
+                    )
+                    results[kind, threads] = http_load.load_test(
+                        port, "/v1/search", kind_bodies, threads,
+                        args.duration_s,
                     )
         finally:
             server.terminate()

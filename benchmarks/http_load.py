@@ -18,6 +18,29 @@ def free_port():
         return probe.getsockname()[1]
 
 
+def wait_ready(port, process, path="/v1/database?limit=1", timeout_s=600):
+    """Waits until GET `path` answers below 500 on `port`.
+
+    Raises:
+        RuntimeError: the process exited or did not answer in time.
+    """
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            connection = http.client.HTTPConnection(
+                "127.0.0.1", port, timeout=5
+            )
+            connection.request("GET", path)
+            if connection.getresponse().status < 500:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError("server did not start")
+
+
 def start_server(arguments, port, ready_path="/v1/models", timeout_s=600):
     """Starts `python -m serving <arguments> --rest-port port` and waits
     until `ready_path` answers (any status below 500). Returns the process."""
@@ -27,22 +50,12 @@ def start_server(arguments, port, ready_path="/v1/models", timeout_s=600):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}")
-        try:
-            connection = http.client.HTTPConnection(
-                "127.0.0.1", port, timeout=5
-            )
-            connection.request("GET", ready_path)
-            if connection.getresponse().status < 500:
-                return process
-        except OSError:
-            pass
-        time.sleep(0.5)
-    process.kill()
-    raise RuntimeError("server did not start")
+    try:
+        wait_ready(port, process, ready_path, timeout_s)
+    except RuntimeError:
+        process.kill()
+        raise
+    return process
 
 
 def load_test(port, path, bodies, clients, duration_s):
