@@ -226,3 +226,19 @@ def test_animated_webp_is_refused_before_the_decoder_sees_it():
     with pytest.raises(tf.errors.InvalidArgumentError,
                        match="animated WebP is not supported"):
         in_graph(tf.constant(animated))
+
+
+def test_the_eager_png_reader_agrees_with_the_graph():
+    import tensorflow as tf
+
+    from shrewd_tf.data.image_header import _png_size
+    from shrewd_tf.data.image_header import image_size
+
+    for height, width in ((1, 1), (28, 28), (3, 40), (40, 3)):
+        png = tf.io.encode_png(
+            tf.zeros((height, width, 1), tf.uint8)
+        ).numpy()
+        assert _png_size(png) == (height, width)
+        assert tuple(image_size(png).numpy()[:2]) == (height, width)
+    assert _png_size(b"\x89PNG\r\n\x1a\n") is None  # too short for IHDR
+    assert _png_size(b"GIF89a" + bytes(30)) is None
