@@ -171,11 +171,16 @@ def test_run_takes_options_not_a_command_line(tmp_path):
 
 
 def test_runner_defaults_to_fn_api_runner_and_flags_pass_through():
-    options = embed_captions.pipeline_options(
-        ["--direct_num_workers=2"]).get_all_options()
+    pipeline = embed_captions.new_pipeline(["--direct_num_workers=2"])
+    options = pipeline.options.get_all_options()
     assert options["runner"] == "FnApiRunner"
+    assert type(pipeline.runner).__name__ == "FnApiRunner"
     assert options["direct_num_workers"] == 2
-    options = embed_captions.pipeline_options(
+    # A named runner is the user's (building a Dataflow pipeline would
+    # validate GCP options here, so check the options it gets).
+    from pipeline import options as options_lib
+
+    options = options_lib.pipeline_options(
         ["--runner", "DataflowRunner"]).get_all_options()
     assert options["runner"] == "DataflowRunner"
     args, beam_args = embed_captions.parse_args(

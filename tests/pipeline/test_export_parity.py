@@ -17,6 +17,7 @@ import os
 
 import keras
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from pipeline import make_tfrecords
@@ -238,6 +239,7 @@ def test_fashion_mnist_idx(tmp_path):
     )
 
 
+@pytest.mark.large  # tfds also runs end to end in test_imagenet_shaped_run
 def test_tfds_mock(tmp_path):
     import tensorflow_datasets as tfds
 

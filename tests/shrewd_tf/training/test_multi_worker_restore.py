@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 
 from tests.support import multi_worker
 
@@ -68,6 +69,7 @@ def chief_finished_epoch(run_dir, epoch):
             and epoch in history_epochs(run_dir))
 
 
+@pytest.mark.large  # ~50-100 s: two processes killed and restarted
 def test_killed_worker_job_resumes_from_the_backup(tmp_path):
     run_dir = tmp_path / "run"
     # 1. Worker 1 dies after epoch KILLED_AFTER; the chief, left waiting on
