@@ -9,6 +9,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from pipeline import runner
 from shrewd_tf.data import records as data_lib
@@ -17,6 +18,7 @@ from tests.paths import REPO_ROOT
 EXAMPLES = 12
 
 
+@pytest.mark.large  # 2.5-3.5 min on 2 cores: ResNet-50 at 224, 1000 classes
 def test_the_imagenet_config_runs_on_imagenet_shaped_data(tmp_path):
     import tensorflow_datasets as tfds
 
