@@ -44,6 +44,8 @@ from serving.encoders import decode_b64
 from serving.errors import ServingError
 from serving.errors import invalid_argument
 from serving.errors import not_found
+from serving.index_info import distance_name
+from serving.index_info import measured_recall
 from serving.semantic import NoClassSimilarity
 from shrewd_tf import contract
 from shrewd_tf.contract import BITS_OUTPUT
@@ -69,47 +71,6 @@ IMAGE_TYPES = frozenset(
 def _metadata_rows(index, ids):
     """Metadata dicts of ids in `index` (set lookups, microseconds per id)."""
     return index.metadata(np.asarray(ids))
-
-
-def code_width(index):
-    """Code width (bits / float dimensions) an index was built with."""
-    return index.code_width
-
-
-def measured_recall(index, k=None):
-    """(recall, its k) measured at build for the index's settings, or
-    (None, None): exact, or nothing recorded (`shrewd_tf.retrieval.recall`).
-
-    With `k`, the recall of the smallest measured cut-off >= k (the build
-    measures k=10 and a wide k, 250 by default), else of the widest one: a
-    search's answer reports the recall that applies to it, with its k.
-    """
-    recall = None if index.is_exact else getattr(
-        index, "measured_recall", None
-    )
-    if recall is None:
-        return None, None
-    report = index.recall_report
-    cutoffs = [(int(report.k), float(recall))]
-    if report.wide_k and report.recall_wide is not None:
-        cutoffs.append((int(report.wide_k), float(report.recall_wide)))
-    cutoffs.sort()
-    if k is not None:
-        for cutoff, value in cutoffs:
-            if cutoff >= k:
-                return value, cutoff
-        cutoff, value = cutoffs[-1]
-        return value, cutoff
-    cutoff, value = cutoffs[0]
-    return value, cutoff
-
-
-def _distance_name(index):
-    if getattr(index, "kind", None) == contract.BINARY_INDEX:
-        return "l1" if index.rerank else "hamming"
-    if getattr(index, "distance", None) == "dot_product":
-        return "negative_dot_product"
-    return "squared_l2"
 
 
 # === Search ===
@@ -164,8 +125,8 @@ class SearchService:
             described[mode] = {
                 "index_type": index.index_type,
                 "count": len(index),
-                "code_bits": code_width(index),
-                "distance": _distance_name(index),
+                "code_bits": index.code_width,
+                "distance": distance_name(index),
                 "exact": bool(index.is_exact),
                 "recall": recall,
                 "recall_k": recall_k,
@@ -262,7 +223,7 @@ class SearchService:
             "model": model,
             "model_version": None if version is None else str(version),
             "mode": mode,
-            "distance": _distance_name(index),
+            "distance": distance_name(index),
             "exact": bool(index.is_exact),
             "recall": recall,
             "recall_k": recall_k,
@@ -315,10 +276,10 @@ class SearchService:
         return unpack_bits(packed).astype(np.float32)
 
     def _check_width(self, width, index, what):
-        if width != code_width(index):
+        if width != index.code_width:
             raise invalid_argument(
                 f"'{what}' gives a {width}-bit query but the index holds "
-                f"{code_width(index)}-bit codes. Received: {width} bits"
+                f"{index.code_width}-bit codes. Received: {width} bits"
             )
 
     def _encode_image(self, model, image, mode, index):

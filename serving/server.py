@@ -32,7 +32,7 @@ from shrewd_tf import contract
 def _load_indexes(config):
     """{mode: index} from the configured directories (modes and the index
     kind serving each: `shrewd_tf.contract.INDEX_KIND_TABLE`)."""
-    from shrewd_tf.retrieval.base import load_index
+    from shrewd_tf.retrieval.registry import load_index
 
     indexes = {}
     for mode, directory in (

@@ -1,4 +1,5 @@
-"""Retrieval indexes over codes: the interface and registry (`base`), the
+"""Retrieval indexes over codes: the interface (`base`), the registry
+(`registry`), the
 binary Hamming index on faiss (`hamming_index`), ScaNN (`scann_index`),
 array checks (`arrays`), the metadata table (`metadata`), their
 checksummed files (`files`) and building them from a model's codes
@@ -10,20 +11,22 @@ checksummed files (`files`) and building them from a model's codes
     retrieval.load_index("indexes/fmnist/binary")
 
 The index classes are imported on first use (faiss, ScaNN), through the
-registry of `base`: `retrieval.ScannIndex is
+registry (`registry`): `retrieval.ScannIndex is
 retrieval.index_class("scann")`.
 """
 
 from shrewd_tf import contract
 from shrewd_tf.retrieval.base import *  # noqa: F401,F403 (base.__all__)
 from shrewd_tf.retrieval.base import __all__ as _BASE_ALL
-from shrewd_tf.retrieval.base import index_class
+from shrewd_tf.retrieval.registry import *  # noqa: F401,F403
+from shrewd_tf.retrieval.registry import __all__ as _REGISTRY_ALL
+from shrewd_tf.retrieval.registry import index_class
 
 _CLASS_KINDS = {
     kind.class_name: kind.name for kind in contract.INDEX_KIND_TABLE
 }
 
-__all__ = [*_BASE_ALL, *_CLASS_KINDS]
+__all__ = [*_BASE_ALL, *_REGISTRY_ALL, *_CLASS_KINDS]
 
 
 def __getattr__(name):

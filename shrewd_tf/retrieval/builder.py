@@ -40,7 +40,7 @@ from shrewd_tf import contract
 from shrewd_tf import io as shrewd_io
 from shrewd_tf.ops.bits import pack_bits
 from shrewd_tf.retrieval.arrays import pack_codes
-from shrewd_tf.retrieval.base import index_class
+from shrewd_tf.retrieval.registry import index_class
 from shrewd_tf.retrieval.code_shards import CODE_FEATURE
 from shrewd_tf.retrieval.code_shards import CODES_PREFIX
 from shrewd_tf.retrieval.code_shards import DEFAULT_CHUNK_SIZE

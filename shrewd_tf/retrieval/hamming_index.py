@@ -31,7 +31,7 @@ from shrewd_tf.retrieval.arrays import as_codes
 from shrewd_tf.retrieval.arrays import as_ids
 from shrewd_tf.retrieval.arrays import pad_columns
 from shrewd_tf.retrieval.base import RetrievalIndex
-from shrewd_tf.retrieval.base import register_index
+from shrewd_tf.retrieval.registry import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
 from shrewd_tf.retrieval.hamming_params import METHOD_PARAMS
 from shrewd_tf.retrieval.hamming_params import SEARCH_PARAMS

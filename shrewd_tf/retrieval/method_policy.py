@@ -23,7 +23,7 @@ point of the builder and the benchmarks.
 import logging
 import math
 
-from shrewd_tf.retrieval.base import index_class
+from shrewd_tf.retrieval.registry import index_class
 from shrewd_tf import contract
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from shrewd_tf.ops.validation import check_positive_int
 from shrewd_tf.retrieval.arrays import as_codes
 from shrewd_tf.retrieval.arrays import pad_columns
 from shrewd_tf.retrieval.base import RetrievalIndex
-from shrewd_tf.retrieval.base import register_index
+from shrewd_tf.retrieval.registry import register_index
 from shrewd_tf.retrieval.files import IndexFormatError
 from shrewd_tf.verbosity import native_stderr_silenced
 

@@ -14,7 +14,7 @@ from pipeline import build_index
 from pipeline import bulk_encode
 from pipeline.dead_letters import read_dead_letters
 from shrewd_tf.data import records as data
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import registry as index_lib
 from shrewd_tf.retrieval import builder as index_builder
 from tests.paths import REPO_ROOT
 from tests.support import encoders as encoder_fixtures

@@ -13,7 +13,7 @@ import pytest
 from pipeline import pipeline_config
 from pipeline import runner
 from pipeline import stages as stages_lib
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import registry as index_lib
 from tests.support.image_sources import write_fake_fashion_mnist
 from tests.paths import REPO_ROOT
 

@@ -11,6 +11,7 @@ import pytest
 from shrewd_tf import contract
 from shrewd_tf import retrieval as index_lib
 from shrewd_tf.retrieval import base
+from shrewd_tf.retrieval import registry
 from shrewd_tf.retrieval import files as index_files
 from shrewd_tf.retrieval import hamming_index
 from shrewd_tf.retrieval import scann_index
@@ -39,23 +40,24 @@ def test_package_exports_the_registered_index_classes():
     assert index_lib.BinaryHammingIndex is hamming_index.BinaryHammingIndex
     assert index_lib.ScannIndex is scann_index.ScannIndex
     assert index_lib.IndexFormatError is index_files.IndexFormatError
-    assert index_lib.load_index is base.load_index
+    assert index_lib.load_index is registry.load_index
     for kind in contract.INDEX_KIND_TABLE:
         cls = getattr(index_lib, kind.class_name)
-        assert base.index_class(kind.name) is cls
-        assert base.index_class(kind.index_type) is cls
+        assert registry.index_class(kind.name) is cls
+        assert registry.index_class(kind.index_type) is cls
         assert (cls.kind, cls.index_type) == (kind.name, kind.index_type)
     assert not hasattr(base, "BinaryHammingIndex")  # no import-cycle patch
 
 
 def test_load_index_imports_the_index_module_on_first_use(tmp_path):
-    """A fresh process that imports only base still loads the index."""
+    """A fresh process that imports only the registry still loads the
+    index."""
     index_lib.BinaryHammingIndex(8).build(np.eye(8)).save(tmp_path)
     script = (
         "import sys\n"
-        "from shrewd_tf.retrieval import base\n"
+        "from shrewd_tf.retrieval import registry\n"
         "assert 'shrewd_tf.retrieval.hamming_index' not in sys.modules\n"
-        "print(type(base.load_index(sys.argv[1])).__name__)\n"
+        "print(type(registry.load_index(sys.argv[1])).__name__)\n"
     )
     name = subprocess.run(
         [sys.executable, "-c", script, str(tmp_path)],
@@ -81,20 +83,20 @@ def test_register_index_refuses_unknown_and_taken_kinds():
         kind = "annoy"
 
     with pytest.raises(ValueError, match="kind='annoy'"):
-        base.register_index(Annoy)
+        registry.register_index(Annoy)
 
     class OtherBinary(base.RetrievalIndex):
         kind = contract.BINARY_INDEX
 
     with pytest.raises(ValueError, match="already registered"):
-        base.register_index(OtherBinary)
+        registry.register_index(OtherBinary)
 
     class ManifestSpelling(base.RetrievalIndex):
         kind = "binary_hamming"
 
     with pytest.raises(ValueError, match="not a manifest name"):
-        base.register_index(ManifestSpelling)
-    assert base.index_class("binary") is hamming_index.BinaryHammingIndex
+        registry.register_index(ManifestSpelling)
+    assert registry.index_class("binary") is hamming_index.BinaryHammingIndex
 
 
 def test_manifests_keep_the_format_1_index_type_names(tmp_path):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from shrewd_tf.retrieval import hamming_index
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import registry as index_lib
 from shrewd_tf.retrieval import files as index_files
 from tests.support.indexes import (
     CODE_BITS,

@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import registry as index_lib
 from shrewd_tf.retrieval import files as index_files
 from shrewd_tf.retrieval import hamming_index
 from shrewd_tf.retrieval import recall as recall_lib

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from shrewd_tf.retrieval import base as index_lib
+from shrewd_tf.retrieval import registry as index_lib
 from shrewd_tf.retrieval import scann_index
 from tests.support.indexes import (
     CODE_BITS,
