@@ -15,7 +15,6 @@ OpenMP count is process-wide, so concurrent searches from several Python
 threads share it; never `add` while another thread searches.
 """
 
-import contextlib
 import logging
 import math
 import os
@@ -40,24 +39,10 @@ from shrewd_tf.retrieval.recall import RecallCheck
 from shrewd_tf.retrieval.recall import measure_recall
 from shrewd_tf.retrieval.recall import nprobe_settings
 from shrewd_tf.retrieval.recall import report_of_manifest
+from shrewd_tf.retrieval import faiss_engines
 from shrewd_tf.retrieval.rerank import rerank_l1
 
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def _faiss_threads(num_threads):
-    """Runs faiss on `num_threads` OpenMP threads, restoring the old count
-    (no calls into OpenMP when it is already that count)."""
-    previous = faiss.omp_get_max_threads()
-    if previous == num_threads:
-        yield
-        return
-    faiss.omp_set_num_threads(num_threads)
-    try:
-        yield
-    finally:
-        faiss.omp_set_num_threads(previous)
 
 
 @register_index
@@ -241,45 +226,23 @@ class BinaryHammingIndex(RetrievalIndex):
         return as_codes(codes, name, width=self.code_bits, unit_range=True)
 
     def _new_engine(self, packed):
-        d, p = self.code_bits, self.params
-        if self.method == "flat":
-            return faiss.IndexBinaryFlat(d)
-        if self.method == "mih":
-            return faiss.IndexBinaryMultiHash(d, p["nhash"], d // p["nhash"])
-        if self.method == "hnsw":
-            engine = faiss.IndexBinaryHNSW(d, p["M"])
-            engine.hnsw.efConstruction = p["ef_construction"]
-            return engine
-        # ivf: needs training codes.
-        p["nlist"] = self._requested_params["nlist"]
-        if p["nlist"] is None:
-            p["nlist"] = min(
+        if self.method == "ivf":  # nlist from the codes at hand
+            nlist = self._requested_params["nlist"]
+            self.params["nlist"] = nlist if nlist is not None else min(
                 len(packed), max(1, round(2 * math.sqrt(len(packed))))
             )
-        if len(packed) < p["nlist"]:
-            raise ValueError(
-                f"method='ivf' needs at least nlist={p['nlist']} codes to "
-                f"train. Received: {len(packed)} codes"
-            )
-        quantizer = faiss.IndexBinaryFlat(d)
-        engine = faiss.IndexBinaryIVF(quantizer, d, p["nlist"])
-        engine.own_fields = True
-        quantizer.this.disown()
-        engine.train(packed)
-        return engine
+        return faiss_engines.new_engine(
+            self.method, self.code_bits, self.params, packed
+        )
 
     def _apply_search_params(self):
-        p = self.params
-        if self.method == "mih":
-            self._engine.nflip = p["nflip"]
-        elif self.method == "ivf" and p["nprobe"] is not None:
-            self._engine.nprobe = p["nprobe"]
-        elif self.method == "hnsw":
-            self._engine.hnsw.efSearch = p["ef_search"]
+        faiss_engines.apply_search_params(
+            self._engine, self.method, self.params
+        )
 
     def _build_engine(self, codes):
         packed = pack_bits(codes)
-        with _faiss_threads(self.num_threads):
+        with faiss_engines.faiss_threads(self.num_threads):
             engine = self._new_engine(packed)
             engine.add(packed)
         self._engine = engine
@@ -332,7 +295,7 @@ class BinaryHammingIndex(RetrievalIndex):
             float_codes = np.asarray(float_codes, np.float32)
         ids = as_ids(ids, len(packed), 0, None, copy=False)
         step = chunk_size or max(1, len(packed))
-        with _faiss_threads(self.num_threads):
+        with faiss_engines.faiss_threads(self.num_threads):
             engine = self._new_engine(packed)
             for start in range(0, len(packed), step):
                 engine.add(packed[start:start + step])
@@ -371,7 +334,7 @@ class BinaryHammingIndex(RetrievalIndex):
 
     def _add_engine(self, codes):
         self.recall_report = None  # measured over other codes
-        with _faiss_threads(self.num_threads):
+        with faiss_engines.faiss_threads(self.num_threads):
             self._engine.add(pack_bits(codes))
         if self.rerank:
             self._float_codes = np.concatenate(
@@ -393,7 +356,7 @@ class BinaryHammingIndex(RetrievalIndex):
         elif self.method == "ivf":
             params = faiss.SearchParametersIVF()
             params.nprobe = self.params["nprobe"]
-        with _faiss_threads(self.num_threads):
+        with faiss_engines.faiss_threads(self.num_threads):
             distances, rows = self._engine.search(packed, k, params=params)
             if self.method == "mih" and self.params["exact"]:
                 self._certify_mih(packed, rows, distances, k)
