@@ -25,12 +25,11 @@ import json
 import logging
 import os
 
-import grpc
 import numpy as np
 
-from serving.errors import ServingError
 from serving.errors import invalid_argument
 from shrewd_tf.contract import LOGITS_OUTPUT
+from shrewd_tf.data import class_semantics
 from shrewd_tf.semantics.distances import class_similarity
 
 LABEL_FIELD = "label"
@@ -63,38 +62,9 @@ def load_class_distances(path):
             "semantics stage writes <run>/semantics/class_distances.npy "
             "(or run `python -m pipeline.label_distances`)."
         )
-    try:
-        matrix = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise ValueError(
-            f"--class-distances {path!r} is not a .npy array ({e}); give "
-            "the class_distances.npy of the pipeline's semantics stage."
-        ) from None
-    if (
-        matrix.ndim != 2
-        or matrix.shape[0] != matrix.shape[1]
-        or matrix.shape[0] < 1
-    ):
-        raise ValueError(
-            f"--class-distances {path!r} must hold a square [C, C] class "
-            f"distance matrix. Received: shape {matrix.shape}"
-        )
-    if matrix.dtype.kind not in "biuf":
-        raise ValueError(
-            f"--class-distances {path!r} must hold numbers. Received: dtype "
-            f"{matrix.dtype}"
-        )
-    matrix = matrix.astype(np.float64)
-    if not np.all(np.isfinite(matrix)):
-        raise ValueError(
-            f"--class-distances {path!r} holds NaN or infinite distances "
-            f"({int(np.sum(~np.isfinite(matrix)))} of {matrix.size})."
-        )
-    if np.any(matrix < 0):
-        raise ValueError(
-            f"--class-distances {path!r} holds negative distances "
-            f"(min {matrix.min()}); class distances are >= 0."
-        )
+    matrix = class_semantics.load_class_distances(
+        path, option="--class-distances"
+    )
     return matrix, _class_names(_names_file(path), matrix.shape[0])
 
 

@@ -109,18 +109,64 @@ def class_synsets_for(data_config, class_names, source=""):
     )
 
 
-def _load_class_distances(path, num_classes):
-    """A precomputed [C, C] matrix, checked (square, C, finite, >= 0)."""
-    matrix = np.load(path)
-    if matrix.shape != (num_classes, num_classes):
+def load_class_distances(path, num_classes=None, option="class_distances_file"):
+    """A precomputed [C, C] class-distance matrix (`.npy`), checked.
+
+    The one reader of such files: training (`data.class_distances_file`)
+    and serving (`--class-distances`) both call it.
+
+    Args:
+        path: a `.npy` file of a square matrix of finite numbers >= 0.
+        num_classes: C it must have, or None (any C >= 1).
+        option: the setting that named the file, for the messages.
+
+    Returns:
+        float64 array [C, C].
+
+    Raises:
+        ValueError: not a .npy array (pickles refused), not square (or not
+            C x C), not numbers, NaN / infinite or negative entries; the
+            message names the option and the file.
+    """
+    where = f"{option} {path!r}"
+    try:
+        matrix = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
         raise ValueError(
-            f"{path}: expected a [{num_classes}, {num_classes}] "
+            f"{where} is not a .npy array ({e}); give the "
+            "class_distances.npy of the pipeline's semantics stage."
+        ) from None
+    if (
+        matrix.ndim != 2
+        or matrix.shape[0] != matrix.shape[1]
+        or matrix.shape[0] < 1
+    ):
+        raise ValueError(
+            f"{where} must hold a square [C, C] class distance matrix. "
+            f"Received: shape {matrix.shape}"
+        )
+    if num_classes is not None and matrix.shape[0] != num_classes:
+        raise ValueError(
+            f"{where}: expected a [{num_classes}, {num_classes}] "
             f"class-distance matrix for the {num_classes} classes. "
             f"Received: shape={matrix.shape}"
         )
-    if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
-        raise ValueError(f"{path}: class distances must be finite and >= 0")
-    return matrix.astype(np.float64)
+    if matrix.dtype.kind not in "biuf":
+        raise ValueError(
+            f"{where} must hold numbers. Received: dtype {matrix.dtype}"
+        )
+    matrix = matrix.astype(np.float64)
+    if not np.all(np.isfinite(matrix)):
+        raise ValueError(
+            f"{where} holds NaN or infinite distances "
+            f"({int(np.sum(~np.isfinite(matrix)))} of {matrix.size})."
+        )
+    if np.any(matrix < 0):
+        raise ValueError(
+            f"{where} holds negative distances (min {matrix.min()}); class "
+            "distances are >= 0."
+        )
+    return matrix
 
 
 def class_distance_matrix(data_config, class_names, source=""):
@@ -144,7 +190,7 @@ def class_distance_matrix(data_config, class_names, source=""):
     if kind == CAPTIONS:
         return None
     if data_config.class_distances_file:
-        return _load_class_distances(
+        return load_class_distances(
             data_config.class_distances_file, len(class_names)
         )
     if kind in ("wup", "bert"):
